@@ -1,0 +1,359 @@
+r"""Attention probabilities (or queries and keys) to a batched causal PyG graph.
+
+For one sequence the adjacency of a layer is built in four steps (SPEC §4):
+
+.. math::
+    A_{agg} = \min\bigl(c, \operatorname{reduce}_h A_h\bigr), \qquad
+    A' = \sigma\bigl(\alpha (A_{agg} - \tau)\bigr), \qquad
+    \mathcal{E} = \{(j \to i) : j \le i,\ A'_{ij} > \varepsilon\}
+
+optionally restricted to the ``k`` largest :math:`A'_{ij}` of each row ``i``. Padding
+positions neither send nor receive edges.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from pyg_transformer.graph.attention_graph import AttentionGraph
+
+HEAD_REDUCTIONS = ("sum", "mean", "max")
+DEFAULT_CHUNK_SIZE = 256
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_graph_options(
+    *,
+    head_reduction: str = "sum",
+    clamp: float | None = 1.0,
+    sharpen_alpha: float | None = None,
+    sharpen_tau: float = 0.0,
+    threshold: float = 0.0,
+    top_k: int | None = None,
+) -> None:
+    """Validate the sparsification options shared by every graph builder.
+
+    Raises:
+        ValueError: naming the offending argument.
+    """
+    if head_reduction not in HEAD_REDUCTIONS:
+        raise ValueError(
+            f"head_reduction must be one of {HEAD_REDUCTIONS}, got {head_reduction!r}"
+        )
+    if clamp is not None and (not _is_number(clamp) or not clamp > 0):
+        raise ValueError(f"clamp must be a positive number or None, got {clamp!r}")
+    if sharpen_alpha is not None and (
+        not _is_number(sharpen_alpha) or not 0 < sharpen_alpha < float("inf")
+    ):
+        raise ValueError(
+            f"sharpen_alpha must be a positive finite number or None, got {sharpen_alpha!r}"
+        )
+    if not _is_number(sharpen_tau) or sharpen_tau != sharpen_tau:
+        raise ValueError(f"sharpen_tau must be a finite number, got {sharpen_tau!r}")
+    if not _is_number(threshold) or not threshold >= 0:
+        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+    if sharpen_alpha is not None and not threshold < 1:
+        raise ValueError(
+            f"threshold must lie in [0, 1) after sigmoid sharpening, got {threshold!r}"
+        )
+    if top_k is not None and (
+        isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
+    ):
+        raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+
+
+def _check_attention_mask(attention_mask: Tensor | None, batch_size: int, seq_len: int):
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, Tensor):
+        raise TypeError(
+            f"attention_mask must be a tensor, got {type(attention_mask).__name__}"
+        )
+    if attention_mask.shape != (batch_size, seq_len):
+        raise ValueError(
+            f"attention_mask must have shape [B, Tk] = [{batch_size}, {seq_len}], "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    return attention_mask.bool()
+
+
+def _check_query_offset(query_offset: int, num_queries: int, num_keys: int) -> None:
+    if isinstance(query_offset, bool) or not isinstance(query_offset, int):
+        raise ValueError(f"query_offset must be an int, got {query_offset!r}")
+    if query_offset < 0 or query_offset + num_queries > num_keys:
+        raise ValueError(
+            f"query_offset must satisfy 0 <= query_offset <= Tk - Tq = "
+            f"{num_keys - num_queries}, got {query_offset}"
+        )
+
+
+def causal_valid_mask(
+    batch_size: int,
+    query_positions: Tensor,
+    num_keys: int,
+    attention_mask: Tensor | None,
+) -> Tensor:
+    """``[B, Tq, Tk]`` bool: key ``j`` may send to query position ``p`` (``j <= p``,
+    both real tokens)."""
+    keys = torch.arange(num_keys, device=query_positions.device)
+    valid = keys.view(1, 1, -1) <= query_positions.view(1, -1, 1)
+    valid = valid.expand(batch_size, -1, -1)
+    if attention_mask is not None:
+        query_real = attention_mask[:, query_positions]
+        valid = valid & attention_mask[:, None, :] & query_real[:, :, None]
+    return valid
+
+
+def _reduce_heads(attn: Tensor, head_reduction: str) -> Tensor:
+    if head_reduction == "sum":
+        return attn.sum(dim=1)
+    if head_reduction == "mean":
+        return attn.mean(dim=1)
+    return attn.amax(dim=1)
+
+
+def _sparsify_rows(
+    reduced: Tensor,
+    valid: Tensor,
+    query_positions: Tensor,
+    num_keys: int,
+    *,
+    clamp: float | None,
+    sharpen_alpha: float | None,
+    sharpen_tau: float,
+    threshold: float,
+    top_k: int | None,
+) -> tuple[Tensor, Tensor]:
+    """Edges of a block of query rows: ``reduced``/``valid`` are ``[B, Tq, Tk]``."""
+    values = reduced
+    if clamp is not None:
+        values = values.clamp(max=clamp)
+    if sharpen_alpha is not None:
+        values = torch.sigmoid(sharpen_alpha * (values - sharpen_tau))
+    keep = valid & (values > threshold)
+    if top_k is not None and top_k < num_keys:
+        candidates = values.masked_fill(~keep, float("-inf"))
+        top_values, top_index = candidates.topk(top_k, dim=-1)
+        in_top = torch.zeros_like(keep).scatter_(-1, top_index, top_values > float("-inf"))
+        keep = keep & in_top
+    b, i, j = keep.nonzero(as_tuple=True)
+    target = b * num_keys + query_positions[i]
+    source = b * num_keys + j
+    return torch.stack([source, target]), values[b, i, j]
+
+
+def _make_graph(
+    edge_index: Tensor, edge_weight: Tensor, batch_size: int, num_keys: int, offset: int
+) -> AttentionGraph:
+    device = edge_index.device
+    return AttentionGraph(
+        edge_index=edge_index,
+        edge_weight=edge_weight,
+        batch=torch.arange(batch_size, device=device).repeat_interleave(num_keys),
+        num_nodes=batch_size * num_keys,
+        batch_size=batch_size,
+        seq_len=num_keys,
+        query_offset=offset,
+    )
+
+
+def attention_to_graph(
+    attn: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    head_reduction: str = "sum",
+    clamp: float | None = 1.0,
+    sharpen_alpha: float | None = None,
+    sharpen_tau: float = 0.0,
+    threshold: float = 0.0,
+    top_k: int | None = None,
+    query_offset: int = 0,
+    detach: bool = True,
+) -> AttentionGraph:
+    r"""Build the causal attention graph from attention probabilities.
+
+    .. math::
+        A'_{ij} = \sigma\Bigl(\alpha\bigl(\min(c, \operatorname{reduce}_h A_{h,ij})
+        - \tau\bigr)\Bigr), \qquad (j \to i) \in \mathcal{E}
+        \iff j \le i \wedge A'_{ij} > \text{threshold}
+
+    Args:
+        attn: probabilities ``[B, H, Tq, Tk]`` or already head-reduced ``[B, Tq, Tk]``.
+        attention_mask: ``[B, Tk]``, 1 for real tokens, 0 for padding (left or right).
+            Padding positions get no incoming and no outgoing edge.
+        head_reduction: ``"sum"``, ``"mean"`` or ``"max"`` over heads.
+        clamp: upper clamp :math:`c` after the head reduction (``None``: no clamp).
+        sharpen_alpha: :math:`\alpha` of the sigmoid sharpening (``None``: no sharpening).
+        sharpen_tau: :math:`\tau` of the sigmoid sharpening.
+        threshold: keep edges whose weight is strictly greater (in ``[0, 1)`` after
+            sharpening).
+        top_k: keep at most the ``k`` largest kept weights per query row.
+        query_offset: absolute position of the first query row (``Tk - Tq`` when
+            decoding with a KV cache).
+        detach: if ``True`` the edge weights carry no gradient; if ``False`` gradients
+            flow from ``edge_weight`` back to ``attn`` (the edge *set* is never
+            differentiable).
+
+    Returns:
+        An :class:`AttentionGraph` with ``B * Tk`` nodes.
+    """
+    if not isinstance(attn, Tensor):
+        raise TypeError(f"attn must be a tensor, got {type(attn).__name__}")
+    if attn.dim() not in (3, 4):
+        raise ValueError(
+            f"attn must have shape [B, H, Tq, Tk] or [B, Tq, Tk], got {tuple(attn.shape)}"
+        )
+    if not attn.is_floating_point():
+        raise TypeError(f"attn must be a floating point tensor, got {attn.dtype}")
+    check_graph_options(
+        head_reduction=head_reduction,
+        clamp=clamp,
+        sharpen_alpha=sharpen_alpha,
+        sharpen_tau=sharpen_tau,
+        threshold=threshold,
+        top_k=top_k,
+    )
+    batch_size, num_queries, num_keys = attn.size(0), attn.size(-2), attn.size(-1)
+    _check_query_offset(query_offset, num_queries, num_keys)
+    mask = _check_attention_mask(attention_mask, batch_size, num_keys)
+    if detach:
+        attn = attn.detach()
+    reduced = _reduce_heads(attn, head_reduction) if attn.dim() == 4 else attn
+    positions = torch.arange(query_offset, query_offset + num_queries, device=attn.device)
+    valid = causal_valid_mask(batch_size, positions, num_keys, mask)
+    if torch.isnan(reduced.masked_fill(~valid, 0)).any():
+        raise ValueError("attn contains NaN at a causal, non-padding position")
+    edge_index, edge_weight = _sparsify_rows(
+        reduced,
+        valid,
+        positions,
+        num_keys,
+        clamp=clamp,
+        sharpen_alpha=sharpen_alpha,
+        sharpen_tau=sharpen_tau,
+        threshold=threshold,
+        top_k=top_k,
+    )
+    return _make_graph(edge_index, edge_weight, batch_size, num_keys, query_offset)
+
+
+def qk_to_graph(
+    query: Tensor,
+    key: Tensor,
+    *,
+    scaling: float,
+    attention_mask: Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    head_reduction: str = "sum",
+    clamp: float | None = 1.0,
+    sharpen_alpha: float | None = None,
+    sharpen_tau: float = 0.0,
+    threshold: float = 0.0,
+    top_k: int | None = None,
+    query_offset: int = 0,
+    detach: bool = True,
+) -> AttentionGraph:
+    r"""Build the same graph as :func:`attention_to_graph` straight from queries and keys.
+
+    The probabilities :math:`A_h = \operatorname{softmax}(s\, Q_h K_h^\top + M)` (causal
+    and padding mask :math:`M`) are computed ``chunk_size`` query rows at a time, so at
+    most ``B * H * chunk_size * Tk`` scores exist at once; only kept edges are stored.
+    Equal to ``attention_to_graph(softmax(...), ...)`` on the eager probabilities.
+
+    Args:
+        query: post-RoPE queries ``[B, H, Tq, d]``.
+        key: post-RoPE keys ``[B, Hkv, Tk, d]``; ``H`` must be a multiple of ``Hkv``
+            (grouped-query attention: query head ``h`` reads key head ``h // (H/Hkv)``).
+        scaling: score scale :math:`s` (usually ``d ** -0.5``).
+        attention_mask: ``[B, Tk]``, 1 for real tokens.
+        chunk_size: number of query rows scored at once.
+        detach: if ``False`` the edge weights are differentiable w.r.t. ``query`` and
+            ``key``; each chunk is recomputed in the backward pass (activation
+            checkpointing) so memory stays ``O(B * H * chunk_size * Tk)``.
+        head_reduction: as in :func:`attention_to_graph`; so are ``clamp``,
+            ``sharpen_alpha``, ``sharpen_tau``, ``threshold``, ``top_k`` and
+            ``query_offset``.
+    """
+    for name, tensor in (("query", query), ("key", key)):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 4:
+            raise ValueError(
+                f"{name} must have shape [B, heads, T, d], got {tuple(tensor.shape)}"
+            )
+    batch_size, num_heads, num_queries, head_dim = query.shape
+    if key.size(0) != batch_size or key.size(-1) != head_dim:
+        raise ValueError(
+            f"key must have shape [B={batch_size}, Hkv, Tk, d={head_dim}], "
+            f"got {tuple(key.shape)}"
+        )
+    num_kv_heads, num_keys = key.size(1), key.size(2)
+    if num_heads % num_kv_heads != 0:
+        raise ValueError(
+            f"the number of query heads ({num_heads}) must be a multiple of the number "
+            f"of key heads ({num_kv_heads})"
+        )
+    if not _is_number(scaling) or not scaling > 0:
+        raise ValueError(f"scaling must be a positive number, got {scaling!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    check_graph_options(
+        head_reduction=head_reduction,
+        clamp=clamp,
+        sharpen_alpha=sharpen_alpha,
+        sharpen_tau=sharpen_tau,
+        threshold=threshold,
+        top_k=top_k,
+    )
+    _check_query_offset(query_offset, num_queries, num_keys)
+    mask = _check_attention_mask(attention_mask, batch_size, num_keys)
+    options = dict(
+        clamp=clamp,
+        sharpen_alpha=sharpen_alpha,
+        sharpen_tau=sharpen_tau,
+        threshold=threshold,
+        top_k=top_k,
+    )
+    groups = num_heads // num_kv_heads
+    # [B, Hkv, 1, d, Tk]: broadcast over the query heads of each group (no repeat_kv copy)
+    key_t = key.unsqueeze(2).transpose(-1, -2)
+
+    def chunk_edges(query_chunk: Tensor, key_t: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        rows = query_chunk.size(2)
+        positions = torch.arange(
+            query_offset + start, query_offset + start + rows, device=query.device
+        )
+        valid = causal_valid_mask(batch_size, positions, num_keys, mask)
+        grouped = query_chunk.view(batch_size, num_kv_heads, groups, rows, head_dim)
+        scores = torch.matmul(grouped, key_t).view(batch_size, num_heads, rows, num_keys)
+        scores = scores.float().mul_(scaling) if detach else scores.float() * scaling
+        scores = scores.masked_fill(~valid[:, None], torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1).to(query.dtype)
+        reduced = _reduce_heads(probs, head_reduction)
+        return _sparsify_rows(reduced, valid, positions, num_keys, **options)
+
+    edge_indices, edge_weights = [], []
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+        for start in range(0, num_queries, chunk_size):
+            query_chunk = query[:, :, start : start + chunk_size]
+            if detach or not (query.requires_grad or key.requires_grad):
+                edge_index, edge_weight = chunk_edges(query_chunk, key_t, start)
+            else:
+                edge_index, edge_weight = checkpoint(
+                    chunk_edges, query_chunk, key_t, start, use_reentrant=False
+                )
+            edge_indices.append(edge_index)
+            edge_weights.append(edge_weight)
+    edge_index = torch.cat(edge_indices, dim=1)
+    edge_weight = torch.cat(edge_weights)
+    if len(edge_indices) > 1:  # chunk-major -> the (batch, query, key) order of one pass
+        order = torch.argsort(edge_index[1] * num_keys + edge_index[0] % num_keys)
+        edge_index, edge_weight = edge_index[:, order], edge_weight[order]
+    return _make_graph(edge_index, edge_weight, batch_size, num_keys, query_offset)
