@@ -1,0 +1,119 @@
+"""Pre-training arms: GIN-, PNA- and standard-attention Llamas of matched size, from scratch."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pyg_transformer.experiments.runner import ArmResult, TrainSettings, train_arm
+
+PRETRAIN_ATTENTIONS = ("gin", "pna", "standard")
+
+
+@dataclass
+class PretrainSettings:
+    """Model size and data of a from-scratch comparison.
+
+    Every arm gets the same embedding, depth and heads; the feed-forward width of each
+    arm is chosen so that all arms have (as nearly as possible) ``target_parameters``
+    parameters, the standard model's count at ``intermediate_size`` by default.
+
+    Attributes:
+        data: ``"gsm"`` (GSM8K problem texts) or a local file (``text`` column, or
+            prompt/completion or question/answer pairs).
+        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: the
+            standard (reference) model's shape.
+        variants_per_template: GSM8K problems generated per template.
+    """
+
+    data: str = "gsm"
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 256
+    variants_per_template: int = 4
+
+    def __post_init__(self):
+        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                     "intermediate_size", "variants_per_template"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of "
+                             f"num_heads ({self.num_heads})")
+        if self.data != "gsm" and not os.path.isfile(self.data):
+            raise FileNotFoundError(f"data must be 'gsm' or an existing file, got {self.data!r}")
+
+
+def load_pretrain_data(settings: PretrainSettings, seed: int):
+    """A ``DatasetDict`` with a ``text`` column; GSM8K's test split holds unseen templates."""
+    from pyg_transformer.data import load_gsm8k, load_local_dataset
+
+    if settings.data == "gsm":
+        return load_gsm8k(settings.variants_per_template, seed=seed)
+    return load_local_dataset(settings.data, "pretrain", seed=seed)
+
+
+def _config(attention: str, settings: PretrainSettings, vocab_size: int, tokenizer,
+            intermediate_size: int, max_length: int):
+    from pyg_transformer.models import GraphLlamaConfig
+
+    return GraphLlamaConfig(
+        attention_type=attention,
+        vocab_size=vocab_size,
+        hidden_size=settings.hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        num_key_value_heads=settings.num_kv_heads,
+        max_position_embeddings=max(max_length, 64),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+
+
+def build_matched_config(attention: str, settings: PretrainSettings, tokenizer,
+                         max_length: int):
+    """The ``attention`` arm's config, its FFN width fitted to the reference's size.
+
+    The parameter count is affine in ``intermediate_size`` (three ``D x I`` matrices per
+    layer), so two probes give the width whose count is closest to the standard model's.
+    """
+    from pyg_transformer.models import GraphLlamaForCausalLM
+
+    if attention not in PRETRAIN_ATTENTIONS:
+        raise ValueError(f"attention must be one of {PRETRAIN_ATTENTIONS}, got {attention!r}")
+    vocab = len(tokenizer)
+
+    def count(kind: str, width: int) -> int:
+        config = _config(kind, settings, vocab, tokenizer, width, max_length)
+        return GraphLlamaForCausalLM(config).num_parameters()
+
+    target = count("standard", settings.intermediate_size)
+    base = count(attention, 1)
+    per_unit = count(attention, 2) - base
+    width = max(1, round(1 + (target - base) / per_unit))
+    return _config(attention, settings, vocab, tokenizer, width, max_length)
+
+
+def run_pretrain(attention: str, settings: PretrainSettings, train: TrainSettings,
+                 datasets=None, tokenizer=None) -> ArmResult:
+    """Train one arm from scratch; pass ``datasets``/``tokenizer`` to share them across arms."""
+    from transformers import set_seed
+
+    from pyg_transformer.data import train_char_tokenizer
+    from pyg_transformer.models import GraphLlamaForCausalLM
+
+    if datasets is None:
+        datasets = load_pretrain_data(settings, train.seed)
+    if tokenizer is None:
+        tokenizer = train_char_tokenizer(datasets["train"]["text"],
+                                         model_max_length=train.max_length)
+    set_seed(train.seed)
+    config = build_matched_config(attention, settings, tokenizer, train.max_length)
+    model = GraphLlamaForCausalLM(config)
+    return train_arm(attention, model, tokenizer, datasets, train, text_column="text")
