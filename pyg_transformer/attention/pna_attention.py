@@ -1,0 +1,171 @@
+"""PNA-Attention: several weighted aggregators over each head's attention graph (SPEC §3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn.aggr import MaxAggregation, SumAggregation
+
+from pyg_transformer.attention.adjacency import (
+    BLOCK_ELEMENTS,
+    chunk_rows,
+    map_query_chunks,
+    scaled_softmax_aggregate,
+)
+from pyg_transformer.attention.base import GraphAttentionBase
+from pyg_transformer.attention.headwise import HeadwisePNAMLP
+
+
+def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor) -> Tensor:
+    r"""``[B, H, rows, d]`` index :math:`j^*` of :math:`\max_{j: keep_{ij}} A'_{ij} F_{jk}`,
+    evaluated in blocks of rows so at most :data:`BLOCK_ELEMENTS` products exist at once."""
+    batch, heads, rows, num_keys = values.shape
+    step = max(1, BLOCK_ELEMENTS // (batch * heads * num_keys * features.size(-1)))
+    out = []
+    for start in range(0, rows, step):
+        rows_keep = keep[:, :, start : start + step]
+        kept_keys = rows_keep.flatten(0, 2).any(0).nonzero()
+        end = int(kept_keys.max()) + 1 if kept_keys.numel() else 1  # causal: skip later keys
+        block = values[:, :, start : start + step, :end].unsqueeze(-1) * features[
+            :, :, :end
+        ].unsqueeze(2)
+        block.masked_fill_(~rows_keep[..., :end].unsqueeze(-1), -math.inf)
+        out.append(block.argmax(-2))
+    return torch.cat(out, dim=2)
+
+
+class PNAAttention(GraphAttentionBase):
+    r"""PNA-Attention of one decoder layer (Buehler 2025, §2.1.3).
+
+    With :math:`A'_h` as in :class:`GINAttention`, node features :math:`F_h` (:math:`X_h`
+    or :math:`V_h`) and weighted degree :math:`\deg_i = \sum_j A'_{ij}`:
+
+    .. math::
+        \mathrm{sum}_i = \sum_j A'_{ij} F_j, \quad
+        \mathrm{mean}_i = \frac{\mathrm{sum}_i}{\deg_i}, \quad
+        \mathrm{max}_i = \max_{j: A'_{ij} > 0} A'_{ij} F_j, \quad
+        \mathrm{var}_i = \frac{\sum_j A'_{ij} F_j^2}{\deg_i} - \mathrm{mean}_i^2
+
+    (0 for a node without neighbours), concatenated in ``pna_aggregators`` order,
+    :math:`Y_{pna,h} = W_{2,h}\,\mathrm{SiLU}(W_{1,h} z_h)` per head, and with
+    ``pna_blend`` :math:`Y = (1 - \lambda) Y_{attn} + \lambda Y_{pna}` where
+    :math:`Y_{attn,h} = \mathrm{softmax}(Q_h K_h^\top / \sqrt{d}) F_h` and
+    :math:`\lambda = \sigma(\text{blend\_logit}) \in [0, 1]`; then the heads are
+    concatenated and projected by the optional ``o_proj``.
+
+    Backends: ``dense`` evaluates all aggregators on checkpointed query chunks; the max
+    finds :math:`j^*` without autograd in bounded ``[B, H, rows, Tk, d]`` blocks and is
+    then differentiated through :math:`A'_{ij^*} F_{j^*k}` (two gathers); ``pyg`` builds
+    ``B * H`` causal graphs and uses PyG's :class:`~torch_geometric.nn.aggr.SumAggregation` and
+    :class:`~torch_geometric.nn.aggr.MaxAggregation` on the weighted messages
+    :math:`A'_{ij} F_j`.
+
+    Shapes:
+        - **input:** ``hidden_states [B, Tq, D]``, ``attention_mask [B, Tk]`` *(optional)*
+        - **output:** ``([B, Tq, D], None)``
+    """
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.aggregators = list(config.pna_aggregators)
+        self.mlp = HeadwisePNAMLP(
+            self.num_heads,
+            len(self.aggregators) * self.head_dim,
+            config.gin_mlp_hidden_size,
+            self.head_dim,
+        )
+        self.blend_logit = nn.Parameter(torch.zeros(())) if config.pna_blend else None
+        self.sum_aggr = SumAggregation()
+        self.max_aggr = MaxAggregation()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.blend_logit is not None:
+            with torch.no_grad():
+                self.blend_logit.zero_()
+
+    @property
+    def blend(self) -> Tensor | None:
+        r""":math:`\lambda \in [0, 1]` or ``None`` without ``pna_blend``."""
+        return None if self.blend_logit is None else torch.sigmoid(self.blend_logit)
+
+    def _finish(self, total: Tensor, degree: Tensor, squares: Tensor | None,
+                maximum: Tensor | None) -> Tensor:
+        safe = degree.masked_fill(degree == 0, 1.0)
+        mean = total / safe
+        parts = {"sum": total, "mean": mean, "max": maximum}
+        if squares is not None:
+            parts["var"] = squares / safe - mean * mean
+        return torch.cat([parts[name] for name in self.aggregators], dim=-1)
+
+    def aggregations(self, query: Tensor, key: Tensor, features: Tensor,
+                     mask: Tensor | None, external: Tensor | None = None) -> Tensor:
+        """Concatenated aggregations ``[B, H, Tq, n_aggr * d]``."""
+        batch, heads, num_queries, d = query.shape
+        num_keys = key.size(2)
+        need_var, need_max = "var" in self.aggregators, "max" in self.aggregators
+        if self.backend == "pyg":
+            graph = self.graph(query, key, mask, external)
+            source, target = graph.edge_index
+            x = features.reshape(-1, d)
+            weight = graph.edge_weight.view(-1, 1)
+            messages = weight * x[source]
+            stacked = [messages, weight]
+            if need_var:
+                stacked.append(messages * x[source])
+            summed = self.sum_aggr(torch.cat(stacked, dim=-1), target, dim_size=graph.num_nodes)
+            total, degree = summed[:, :d], summed[:, d : d + 1]
+            squares = summed[:, d + 1 :] if need_var else None
+            maximum = (
+                self.max_aggr(messages, target, dim_size=graph.num_nodes) if need_max else None
+            )
+            out = self._finish(total, degree, squares, maximum)
+            out = out.view(batch, heads, num_keys, -1)
+            return out[:, :, num_keys - num_queries :]
+
+        values_of = torch.cat([features, features * features], -1) if need_var else features
+        argmax_of_chunk: dict[int, Tensor] = {}  # reused when a checkpointed chunk reruns
+
+        def block(values: Tensor, keep: Tensor, start: int) -> Tensor:
+            summed = torch.matmul(values, values_of)
+            total = summed[..., :d]
+            squares = summed[..., d:] if need_var else None
+            degree = values.sum(-1, keepdim=True)
+            maximum = None
+            if need_max:
+                index = argmax_of_chunk.get(start)
+                if index is None:
+                    index = _weighted_argmax(values.detach(), keep, features.detach())
+                    argmax_of_chunk[start] = index
+                # max_j A'_ij F_jk = A'_{i j*} F_{j* k}: differentiable through two gathers
+                maximum = values.gather(-1, index) * features.gather(2, index)
+                maximum = maximum.masked_fill(~keep.any(-1, keepdim=True), 0.0)
+            return self._finish(total, degree, squares, maximum)
+
+        parts = map_query_chunks(
+            block, self.scaled_query(query), key, self.adjacency_spec, attention_mask=mask,
+            query_offset=num_keys - num_queries, chunk=chunk_rows(batch, heads, num_keys),
+            external=external,
+        )
+        return torch.cat(parts, dim=2)
+
+    def aggregate_heads(self, query, key, features, all_features, mask,
+                        external=None) -> Tensor:
+        out = self.mlp(self.aggregations(query, key, all_features, mask, external))
+        if self.blend_logit is not None:
+            attention = scaled_softmax_aggregate(
+                query * self.head_dim**-0.5, key, all_features, mask
+            )
+            lam = self.blend.to(out.dtype)
+            out = (1 - lam) * attention + lam * out
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(heads={self.num_heads}, head_dim={self.head_dim}, "
+            f"aggregators={self.aggregators}, activation="
+            f"{self.config.adjacency_activation!r}, backend={self.backend!r}, "
+            f"blend={self.blend_logit is not None}, o_proj={self.o_proj is not None})"
+        )

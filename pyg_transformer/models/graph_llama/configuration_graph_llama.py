@@ -1,0 +1,200 @@
+"""Configuration of the GIN-/PNA-Attention Llama (SPEC §2-3)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from transformers import LlamaConfig
+
+from pyg_transformer.attention.adjacency import (
+    ADJACENCY_ACTIVATIONS,
+    SPARSE_ACTIVATIONS,
+    TAU_ACTIVATIONS,
+)
+
+ATTENTION_TYPES = ("standard", "gin", "pna")
+PNA_AGGREGATORS = ("sum", "mean", "max", "var")
+GRAPH_BACKENDS = ("auto", "dense", "pyg")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+class GraphLlamaConfig(LlamaConfig):
+    r"""Configuration of :class:`~pyg_transformer.GraphLlamaForCausalLM`.
+
+    A :class:`transformers.LlamaConfig` plus the graph-attention options below. Per layer
+    ``l`` and head ``h`` (``X_h`` the head's slice of the normed layer input):
+
+    .. math::
+        S_h = \alpha_l \frac{Q_h K_h^\top}{\sqrt{d}}, \qquad
+        A'_h = \operatorname{act}(S_h) \odot M_{\text{causal}}, \qquad
+        X'_h = \operatorname{MLP}_h(\epsilon_h X_h + A'_h X_h)
+
+    Args:
+        attention_type: ``"standard"`` (plain Llama attention, the paper's reference
+            model), ``"gin"`` (GIN-Attention) or ``"pna"`` (PNA-Attention).
+        adjacency_activation: ``"softmax"``; ``"sigmoid"``:
+            :math:`\sigma(\beta (S - \tau))`; ``"sharp_softplus"``:
+            :math:`\log(1 + e^{\beta (S - \tau)}) / \beta`; ``"relu_threshold"``:
+            :math:`\mathrm{ReLU}(\mathrm{softmax}(S) - \tau)`; ``"top_k"``: the ``top_k``
+            largest :math:`\mathrm{softmax}(S)` of each row (other entries 0).
+        sharpening: if ``True`` the per-layer sharpening :math:`\alpha_l` is trainable
+            (stored as :math:`\log \alpha_l`, so it stays positive); else it is fixed.
+        sharpening_init: initial (or fixed) value of :math:`\alpha_l`, ``> 0``.
+        adjacency_beta: :math:`\beta > 0` of ``sigmoid`` and ``sharp_softplus``.
+        adjacency_tau: :math:`\tau` of ``sigmoid``, ``sharp_softplus`` and
+            ``relu_threshold``.
+        adjacency_tau_trainable: make :math:`\tau` a trainable per-layer scalar (only
+            with an activation that reads it).
+        top_k: ``k`` of ``"top_k"``: an int ``>= 1`` (keys kept per query) or a float in
+            ``(0, 1]`` (fraction of the row's ``i + 1`` causal keys, rounded up, at
+            least 1). Required by, and only allowed with, ``adjacency_activation="top_k"``.
+        gin_mlp_multiplier: :math:`\gamma > 0`; the per-head MLPs (GIN and PNA) have
+            ``int(gamma * d) >= 1`` hidden units.
+        gin_eps_init: initial :math:`\epsilon_h` of the GIN update (trainable).
+        use_o_proj: apply an output projection after concatenating the heads (GIN and
+            PNA; the standard model always has one).
+        value_projection: aggregate a value projection :math:`V_h = (X W_V)_h` instead
+            of :math:`X_h` (GIN and PNA; the paper's GIN has none).
+        pna_aggregators: non-empty subset of ``("sum", "mean", "max", "var")``, in the
+            order concatenated.
+        pna_blend: blend with standard attention:
+            :math:`Y = (1 - \lambda) Y_{attn} + \lambda Y_{pna}`, :math:`\lambda \in [0, 1]`
+            trainable (``sigmoid`` of a logit, initialised to 0.5).
+        graph_backend: ``"dense"`` (SDPA for softmax, chunked explicit scores
+            otherwise), ``"pyg"`` (per-head causal graphs and PyG message passing) or
+            ``"auto"`` (PyG for the sparse activations ``relu_threshold`` and ``top_k``,
+            dense otherwise).
+
+    The GIN MLP dropout is ``attention_dropout``. Invalid values raise ``ValueError``.
+    """
+
+    model_type = "graph_llama"
+
+    attention_type: str = "gin"
+    adjacency_activation: str = "softmax"
+    sharpening: bool = True
+    sharpening_init: float = 1.0
+    adjacency_beta: float = 1.0
+    adjacency_tau: float = 0.0
+    adjacency_tau_trainable: bool = False
+    top_k: int | float | None = None
+    gin_mlp_multiplier: float = 0.5
+    gin_eps_init: float = 0.0
+    use_o_proj: bool = False
+    value_projection: bool = False
+    pna_aggregators: list[str] | tuple[str, ...] = ("sum", "mean", "max", "var")
+    pna_blend: bool = False
+    graph_backend: str = "auto"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if isinstance(self.pna_aggregators, tuple):
+            self.pna_aggregators = list(self.pna_aggregators)
+        self.validate_graph_options()
+
+    def validate_graph_options(self) -> None:
+        """Check every option; raises ``ValueError`` naming the bad value."""
+        self.validate_architecture()  # LlamaConfig: hidden_size % num_attention_heads
+        choices = (
+            ("attention_type", ATTENTION_TYPES),
+            ("adjacency_activation", ADJACENCY_ACTIVATIONS),
+            ("graph_backend", GRAPH_BACKENDS),
+        )
+        for name, allowed in choices:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("sharpening", "adjacency_tau_trainable", "use_o_proj",
+                     "value_projection", "pna_blend"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("hidden_size", "num_attention_heads", "num_key_value_heads",
+                     "num_hidden_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.attention_type != "standard":
+            head_dim = self.hidden_size // self.num_attention_heads
+            if self.head_dim != head_dim:
+                raise ValueError(
+                    f"head_dim must equal hidden_size // num_attention_heads = {head_dim} "
+                    f"for attention_type={self.attention_type!r} (each head aggregates its "
+                    f"slice of the hidden state), got {self.head_dim!r}"
+                )
+        if not _is_real(self.sharpening_init) or not 0 < self.sharpening_init < math.inf:
+            raise ValueError(
+                f"sharpening_init must be a positive finite number, got {self.sharpening_init!r}"
+            )
+        if not _is_real(self.adjacency_beta) or not 0 < self.adjacency_beta < math.inf:
+            raise ValueError(
+                f"adjacency_beta must be a positive finite number, got {self.adjacency_beta!r}"
+            )
+        for name in ("adjacency_tau", "gin_eps_init"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.adjacency_tau_trainable and self.adjacency_activation not in TAU_ACTIVATIONS:
+            raise ValueError(
+                f"adjacency_tau_trainable=True needs an activation that reads tau "
+                f"{TAU_ACTIVATIONS}, got adjacency_activation={self.adjacency_activation!r}"
+            )
+        if self.adjacency_activation == "top_k":
+            k = self.top_k
+            if isinstance(k, bool) or not (
+                (isinstance(k, int) and k >= 1) or (isinstance(k, float) and 0 < k <= 1)
+            ):
+                raise ValueError(
+                    f"top_k must be an int >= 1 or a float in (0, 1] with "
+                    f"adjacency_activation='top_k', got {k!r}"
+                )
+        elif self.top_k is not None:
+            raise ValueError(
+                f"top_k is only used with adjacency_activation='top_k' (got "
+                f"{self.adjacency_activation!r}); got top_k={self.top_k!r}"
+            )
+        gamma = self.gin_mlp_multiplier
+        if not _is_real(gamma) or not 0 < gamma < math.inf:
+            raise ValueError(f"gin_mlp_multiplier must be a positive number, got {gamma!r}")
+        if self.attention_type != "standard" and self.gin_mlp_hidden_size < 1:
+            raise ValueError(
+                f"gin_mlp_multiplier * head_dim must be >= 1, got {gamma!r} * "
+                f"{self.head_dim}"
+            )
+        aggs = self.pna_aggregators
+        if (
+            not isinstance(aggs, (list, tuple))
+            or len(aggs) == 0
+            or any(a not in PNA_AGGREGATORS for a in aggs)
+            or len(set(aggs)) != len(aggs)
+        ):
+            raise ValueError(
+                f"pna_aggregators must be a non-empty list of distinct names from "
+                f"{PNA_AGGREGATORS}, got {aggs!r}"
+            )
+        if self.pna_blend and self.attention_type != "pna":
+            raise ValueError(
+                f"pna_blend=True needs attention_type='pna', got {self.attention_type!r}"
+            )
+
+    @property
+    def gin_mlp_hidden_size(self) -> int:
+        """Hidden units of each per-head MLP, ``int(gin_mlp_multiplier * head_dim)``."""
+        return int(self.gin_mlp_multiplier * self.head_dim)
+
+    @property
+    def resolved_graph_backend(self) -> str:
+        """``graph_backend`` with ``"auto"`` resolved to ``"dense"`` or ``"pyg"``."""
+        if self.graph_backend != "auto":
+            return self.graph_backend
+        return "pyg" if self.adjacency_activation in SPARSE_ACTIVATIONS else "dense"
+
+
+__all__ = ["GraphLlamaConfig"]
