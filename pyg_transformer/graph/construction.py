@@ -135,7 +135,7 @@ def _sparsify_rows(
     reduced: Tensor,
     valid: Tensor,
     query_positions: Tensor,
-    num_keys: int,
+    seq_len: int,
     *,
     clamp: float | None,
     sharpen_alpha: float | None,
@@ -143,18 +143,19 @@ def _sparsify_rows(
     threshold: float,
     top_k: int | None,
 ) -> tuple[Tensor, Tensor]:
-    """Edges of a block of query rows: ``reduced``/``valid`` are ``[B, Tq, Tk]``."""
+    """Edges of a block of query rows: ``reduced``/``valid`` are ``[B, Tq, K]`` over the
+    first ``K <= seq_len`` keys; node ids are ``b * seq_len + position``."""
     values = reduced
     if clamp is not None:
         values = values.clamp(max=clamp)
     if sharpen_alpha is not None:
         values = torch.sigmoid(sharpen_alpha * (values - sharpen_tau))
     keep = valid & (values > threshold)
-    if top_k is not None and top_k < num_keys:
+    if top_k is not None and top_k < values.size(-1):
         keep = _top_k_rows(values, keep, top_k)
     b, i, j = keep.nonzero(as_tuple=True)
-    target = b * num_keys + query_positions[i]
-    source = b * num_keys + j
+    target = b * seq_len + query_positions[i]
+    source = b * seq_len + j
     return torch.stack([source, target]), values[b, i, j]
 
 
@@ -273,8 +274,9 @@ def qk_to_graph(
     r"""Build the same graph as :func:`attention_to_graph` straight from queries and keys.
 
     The probabilities :math:`A_h = \operatorname{softmax}(s\, Q_h K_h^\top + M)` (causal
-    and padding mask :math:`M`) are computed ``chunk_size`` query rows at a time, so at
-    most ``B * H * chunk_size * Tk`` scores exist at once; only kept edges are stored.
+    and padding mask :math:`M`) are computed ``chunk_size`` query rows at a time, each
+    chunk against only the keys it can see causally, so at most
+    ``B * H * chunk_size * Tk`` scores exist at once; only kept edges are stored.
     Equal to ``attention_to_graph(softmax(...), ...)`` on the eager probabilities.
 
     Args:
@@ -337,12 +339,14 @@ def qk_to_graph(
 
     def chunk_edges(query_chunk: Tensor, key_t: Tensor, start: int) -> tuple[Tensor, Tensor]:
         rows = query_chunk.size(2)
-        positions = torch.arange(
-            query_offset + start, query_offset + start + rows, device=query.device
+        visible = query_offset + start + rows  # later keys have probability exactly 0
+        positions = torch.arange(visible - rows, visible, device=query.device)
+        valid = causal_valid_mask(
+            batch_size, positions, visible, None if mask is None else mask[:, :visible]
         )
-        valid = causal_valid_mask(batch_size, positions, num_keys, mask)
         grouped = query_chunk.view(batch_size, num_kv_heads, groups, rows, head_dim)
-        scores = torch.matmul(grouped, key_t).view(batch_size, num_heads, rows, num_keys)
+        scores = torch.matmul(grouped, key_t[..., :visible])
+        scores = scores.view(batch_size, num_heads, rows, visible)
         fill = torch.finfo(torch.float32).min
         if torch.is_grad_enabled():
             scores = scores.float() * scaling

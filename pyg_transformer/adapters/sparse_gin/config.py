@@ -1,0 +1,168 @@
+"""Configuration of the Sparse-GIN adapter (SPEC §4)."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+
+from peft import PeftConfig
+
+from pyg_transformer.graph import HEAD_REDUCTIONS
+
+GNN_TYPES = ("gin", "pna")
+SCALE_INITS = ("linear", "constant", "zero")
+PEFT_TYPE = "SPARSE_GIN"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class SparseGinConfig(PeftConfig):
+    r"""Configuration of a Sparse-GIN adapter: a small GNN after each attention block of a
+    frozen causal LM, passing messages over the model's own sparsified attention graph.
+
+    Per adapted decoder layer :math:`l` (SPEC §4):
+
+    .. math::
+        A' = \sigma\bigl(\alpha(\min(1, \operatorname{reduce}_h A_h) - \tau)\bigr),
+        \quad \mathcal{E} = \{(j \to i): j \le i,\ A'_{ij} > \varepsilon\}
+
+    .. math::
+        X \leftarrow X + \lambda_l\, \operatorname{RMSNorm}\bigl(
+        \operatorname{GNN}(X, A')\bigr)
+
+    with :math:`X` the residual stream right after the attention block.
+
+    Args:
+        hidden_dim: adapter hidden size :math:`g` (``Linear_in: D -> g``).
+        num_gnn_layers: number of GNN layers per adapted decoder layer.
+        gnn_type: ``"gin"`` (:class:`~pyg_transformer.nn.WeightedGINConv`) or ``"pna"``
+            (:class:`torch_geometric.nn.PNAConv` with the edge weight as a 1-dim
+            ``edge_attr``).
+        head_reduction: ``"sum"``, ``"mean"`` or ``"max"`` over attention heads.
+        alpha: sigmoid sharpening slope :math:`\alpha`.
+        tau: sigmoid sharpening shift :math:`\tau`.
+        epsilon: keep edges with :math:`A'_{ij} > \varepsilon` (in ``[0, 1)``).
+        top_k: keep at most the ``k`` strongest kept edges per query (``None``: all).
+        scale_init: initial :math:`\lambda_l`: ``"linear"`` from 0 (first decoder layer)
+            to ``scale_max`` (last), ``"constant"`` (all ``scale_max``) or ``"zero"``
+            (the adapted model starts identical to the base model).
+        scale_max: see ``scale_init``.
+        trainable_scale: train :math:`\lambda_l`.
+        target_layers: decoder layer indices to adapt (``None``: all).
+        detach_adjacency: if ``False``, gradients flow through the edge weights into the
+            frozen model's queries and keys.
+        chunk_size: query rows whose attention probabilities are recomputed at once.
+        dropout: dropout inside each GIN MLP (after the ReLU), or on each PNA layer's
+            output.
+    """
+
+    hidden_dim: int = field(default=155, metadata={"help": "adapter hidden size g"})
+    num_gnn_layers: int = field(default=1, metadata={"help": "GNN layers per decoder layer"})
+    gnn_type: str = field(default="gin", metadata={"help": "'gin' or 'pna'"})
+    head_reduction: str = field(default="sum", metadata={"help": "'sum', 'mean' or 'max'"})
+    alpha: float = field(default=10.0, metadata={"help": "sharpening slope"})
+    tau: float = field(default=0.1, metadata={"help": "sharpening shift"})
+    epsilon: float = field(default=0.6, metadata={"help": "edge threshold in [0, 1)"})
+    top_k: int | None = field(default=None, metadata={"help": "max edges per query"})
+    scale_init: str = field(default="linear", metadata={"help": "'linear', 'constant', 'zero'"})
+    scale_max: float = field(default=0.5, metadata={"help": "largest initial lambda"})
+    trainable_scale: bool = field(default=True, metadata={"help": "train lambda"})
+    target_layers: list[int] | None = field(
+        default=None, metadata={"help": "decoder layer indices to adapt (None: all)"}
+    )
+    detach_adjacency: bool = field(default=True, metadata={"help": "no grad through A'"})
+    chunk_size: int = field(default=256, metadata={"help": "query rows per chunk"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout in the GNN layers"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        from pyg_transformer.adapters.sparse_gin.registration import sparse_gin_peft_type
+
+        self.peft_type = sparse_gin_peft_type()
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field.
+
+        Raises:
+            ValueError: naming the offending field and value.
+        """
+        if not _is_int(self.hidden_dim) or self.hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be an int >= 1, got {self.hidden_dim!r}")
+        if not _is_int(self.num_gnn_layers) or self.num_gnn_layers < 1:
+            raise ValueError(f"num_gnn_layers must be an int >= 1, got {self.num_gnn_layers!r}")
+        if self.gnn_type not in GNN_TYPES:
+            raise ValueError(f"gnn_type must be one of {GNN_TYPES}, got {self.gnn_type!r}")
+        if self.head_reduction not in HEAD_REDUCTIONS:
+            raise ValueError(
+                f"head_reduction must be one of {HEAD_REDUCTIONS}, got {self.head_reduction!r}"
+            )
+        if not _is_number(self.alpha) or not 0 < self.alpha < float("inf"):
+            raise ValueError(f"alpha must be a positive finite number, got {self.alpha!r}")
+        if not _is_number(self.tau) or self.tau != self.tau or abs(self.tau) == float("inf"):
+            raise ValueError(f"tau must be a finite number, got {self.tau!r}")
+        if not _is_number(self.epsilon) or not 0 <= self.epsilon < 1:
+            raise ValueError(f"epsilon must be a number in [0, 1), got {self.epsilon!r}")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
+            raise ValueError(f"top_k must be an int >= 1 or None, got {self.top_k!r}")
+        if self.scale_init not in SCALE_INITS:
+            raise ValueError(f"scale_init must be one of {SCALE_INITS}, got {self.scale_init!r}")
+        if not _is_number(self.scale_max) or not abs(self.scale_max) < float("inf"):
+            raise ValueError(f"scale_max must be a finite number, got {self.scale_max!r}")
+        if not isinstance(self.trainable_scale, bool):
+            raise ValueError(f"trainable_scale must be a bool, got {self.trainable_scale!r}")
+        if self.target_layers is not None:
+            if isinstance(self.target_layers, (str, bytes)) or not all(
+                _is_int(i) and i >= 0 for i in self.target_layers
+            ) or len(self.target_layers) == 0:
+                raise ValueError(
+                    "target_layers must be None or a non-empty list of layer indices >= 0, "
+                    f"got {self.target_layers!r}"
+                )
+            self.target_layers = sorted(set(self.target_layers))
+        if not isinstance(self.detach_adjacency, bool):
+            raise ValueError(f"detach_adjacency must be a bool, got {self.detach_adjacency!r}")
+        if not _is_int(self.chunk_size) or self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be an int >= 1, got {self.chunk_size!r}")
+        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+
+    @classmethod
+    def match_lora(cls, model, lora_config, **kwargs) -> SparseGinConfig:
+        """A config whose ``hidden_dim`` makes the adapter's trainable-parameter count as
+        close as possible to that of ``lora_config`` applied to ``model``.
+
+        Args:
+            model: the (frozen) Hugging Face causal LM both adapters would be attached to.
+            lora_config: a :class:`peft.LoraConfig`.
+            **kwargs: the other :class:`SparseGinConfig` fields (``hidden_dim`` is chosen).
+        """
+        from pyg_transformer.adapters.sparse_gin.model import (
+            count_lora_parameters,
+            count_sparse_gin_parameters,
+        )
+
+        kwargs.pop("hidden_dim", None)
+        target = count_lora_parameters(model, lora_config)
+        low, high = 1, 1
+        while count_sparse_gin_parameters(model, cls(hidden_dim=high, **kwargs)) < target:
+            high *= 2
+        while low < high:  # smallest g whose count reaches the target
+            mid = (low + high) // 2
+            if count_sparse_gin_parameters(model, cls(hidden_dim=mid, **kwargs)) < target:
+                low = mid + 1
+            else:
+                high = mid
+        candidates = [g for g in (low - 1, low) if g >= 1]
+        best = min(
+            candidates,
+            key=lambda g: abs(count_sparse_gin_parameters(model, cls(hidden_dim=g, **kwargs)) - target),
+        )
+        return cls(hidden_dim=best, **kwargs)
