@@ -14,6 +14,8 @@ from pyg_transformer.adapters import (
     SparseGinModel,
     get_sparse_gin_model,
 )
+from pyg_transformer.training import GraphParameterCallback
+
 from test_sparse_gin import VOCAB, adapter_config, clone, make_model
 
 

@@ -64,7 +64,8 @@ def markdown_table(summary: dict[str, dict[str, Any]], num_seeds: int) -> str:
             cells.append(fmt.format(mean) + (f" ± {fmt.format(std)}" if num_seeds > 1 else ""))
         lines.append("| " + " | ".join(cells) + " |")
     note = f"mean ± std over {num_seeds} seeds" if num_seeds > 1 else "1 seed"
-    return "\n".join(lines) + f"\n\n({note}; perplexity and gap on held-out data.)\n"
+    return "\n".join(lines) + (f"\n\n({note}; perplexity and gap on held-out data; wall time "
+                               "of training with its evaluations.)\n")
 
 
 def write_figures(runs: dict[str, list[ArmResult]], out_dir: Path) -> list[Path]:

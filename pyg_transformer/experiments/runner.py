@@ -162,7 +162,8 @@ def train_arm(
                       data_collator=collator, callbacks=[graph_callback])
     start = time.perf_counter()
     trainer.train()
-    if trainer.state.log_history and "eval_loss" not in trainer.state.log_history[-1]:
+    evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
+    if not evaluated or evaluated[-1] != trainer.state.global_step:
         trainer.evaluate()  # the final step is always evaluated
     wall_time = time.perf_counter() - start
     history = trainer.state.log_history
