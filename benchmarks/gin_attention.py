@@ -10,8 +10,8 @@ One train step = forward + backward + AdamW step on random tokens:
   ``--repeats`` rounds of one step per model (round-robin, so changes in the shared
   machine's load hit all models alike); the median step is reported;
 * memory: in another fresh process, the AdamW state is created first (one step on zero
-  gradients), then ``peak = ru_maxrss - RSS`` just before one measured step, i.e. the
-  peak RSS growth of one train step (activations, gradients, temporaries).
+  gradients), then the peak RSS growth of one measured step (activations, gradients,
+  temporaries) with the kernel's peak counter reset first (``_measure.peak_memory_mb``).
 
 Targets (issue 3): GIN softmax step time <= 1.5x standard at T=1024; GIN softmax peak
 memory growing <= 2.5x from T=1024 to T=2048.
@@ -26,12 +26,14 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _measure import peak_memory_mb  # noqa: E402
 
 MODELS = {
     "standard (SDPA)": {"attention_type": "standard"},
@@ -46,11 +48,6 @@ MODELS = {
 DIMS = dict(vocab_size=4096, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
 BATCH = 2
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _build(name: str, seq_len: int):
@@ -82,11 +79,8 @@ def _memory_worker(name: str, seq_len: int) -> dict:
         p.grad = torch.zeros_like(p)
     optimizer.step()  # allocate the AdamW state outside the measured step
     optimizer.zero_grad(set_to_none=True)
-    before = _rss_bytes()
-    step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"params": sum(p.numel() for p in model.parameters()),
-            "peak_mib": max(0, peak - before) / 2**20}
+            "peak_mib": peak_memory_mb(step)}
 
 
 def _time_worker(names: list[str], seq_len: int, repeats: int) -> dict:
@@ -179,7 +173,7 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "timing": "median wall time of forward+backward+AdamW steps after 1 warm-up; "
                       "one fresh subprocess per T, models interleaved round-robin",
-            "memory": "peak RSS growth (ru_maxrss - RSS before) of one train step, fresh "
+            "memory": "peak RSS growth (VmHWM reset via clear_refs) of one train step, fresh "
                       "subprocess, AdamW state allocated beforehand",
             "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },

@@ -438,18 +438,82 @@ def test_cropped_cache_and_beam_search():
         adapted.generate(ids, num_beams=2, max_new_tokens=2)
 
 
-def test_causally_truncated_chunks_equal_qk_to_graph():
-    from pyg_transformer.adapters.sparse_gin.model import _causal_chunked_graph
+@pytest.mark.parametrize("top_k", [None, 3])
+def test_decode_step_graph_equals_qk_to_graph(top_k):
+    from pyg_transformer.adapters.sparse_gin.layer import DecodeRow
+    from pyg_transformer.adapters.sparse_gin.model import _decode_step_graph
     from pyg_transformer.graph import qk_to_graph
 
-    query, key = torch.randn(2, 4, 37, 8), torch.randn(2, 2, 45, 8)
+    query, key = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 45, 8)
     mask = torch.ones(2, 45, dtype=torch.bool)
     mask[0, :5] = False
     options = dict(head_reduction="sum", clamp=1.0, sharpen_alpha=10.0, sharpen_tau=0.1,
-                   threshold=0.3, top_k=3)
-    expected = qk_to_graph(query, key, scaling=0.3, attention_mask=mask, chunk_size=10,
-                           query_offset=8, **options)
-    graph = _causal_chunked_graph(query, key, 0.3, mask, 8, 10, True, options)
-    assert graph.num_edges > 45
+                   threshold=0.5, top_k=top_k)
+    expected = qk_to_graph(query, key, scaling=0.3, attention_mask=mask, query_offset=44,
+                           **options)
+    graph = _decode_step_graph(query, key, 0.3, mask, options)
+    assert isinstance(graph, DecodeRow) == (top_k is None)
+    if top_k is None:
+        assert graph.weight.shape == (2, 45)
+        graph = graph.to_graph()
+    assert 0 < graph.num_edges < 2 * 45 - 5
     assert torch.equal(graph.edge_index, expected.edge_index)
+    assert torch.equal(graph.batch, expected.batch)
+    assert (graph.num_nodes, graph.seq_len, graph.query_offset) == (90, 45, 44)
     assert torch.allclose(graph.edge_weight, expected.edge_weight, atol=1e-6)
+
+
+def test_gnn_decode_step_equals_full_graph_and_follows_new_weights():
+    from pyg_transformer.adapters.sparse_gin.layer import SparseGinGNN
+
+    torch.manual_seed(0)
+    gnn = SparseGinGNN(16, 8, num_layers=2).eval()
+    B, T = 2, 6
+    x = torch.randn(B, T, 16)
+    # edges into every position from a random causal subset, flat ids b * T + t
+    src, dst = [], []
+    for b in range(B):
+        for i in range(T):
+            for j in range(i + 1):
+                if j == i or torch.rand(()) < 0.5:
+                    src.append(b * T + j)
+                    dst.append(b * T + i)
+    edge_index = torch.tensor([src, dst])
+    edge_weight = torch.rand(edge_index.size(1))
+    last = edge_index[1] % T == T - 1
+    rows = torch.zeros(B * T).index_put_((edge_index[0, last],), edge_weight[last])
+    with torch.no_grad():
+        for _ in range(2):
+            full, feats = gnn(x, edge_index, edge_weight)
+            buffers = [torch.cat([f[:, :T - 1], torch.zeros(B, 1, 8)], 1) for f in feats]
+            step = gnn._decode_step(x[:, -1:], rows.view(B, 1, T), buffers)
+            assert torch.allclose(step, full[:, -1:], atol=1e-5)
+            for buf, f in zip(buffers, feats):
+                assert torch.allclose(buf, f, atol=1e-6)  # the new token's features cached
+            # weights replaced (not copied into): the decode step must read the new ones
+            state = {k: torch.randn_like(v) for k, v in gnn.state_dict().items()}
+            gnn.load_state_dict(state, assign=True)
+        gnn.double()
+        full, feats = gnn(x.double(), edge_index, edge_weight.double())
+        buffers = [torch.cat([f[:, :T - 1], torch.zeros_like(f[:, :1])], 1) for f in feats]
+        step = gnn._decode_step(x[:, -1:].double(), rows.view(B, 1, T).double(), buffers)
+        assert step.dtype == torch.float64 and torch.allclose(step, full[:, -1:], atol=1e-10)
+
+
+def test_decode_step_keeps_graph_stats():
+    adapted = get_sparse_gin_model(make_model("llama"), adapter_config(epsilon=0.4))
+    ids = torch.randint(0, VOCAB, (1, 9))
+    with torch.no_grad():
+        adapted(ids)
+        full = adapted.adapter_layers[0].last_graph
+        cache = adapted(ids[:, :8], use_cache=True).cache
+        adapted(ids[:, 8:], cache=cache, use_cache=True)
+    layer = adapted.adapter_layers[0]
+    graph = layer.last_graph  # built from the decode step's dense row on request
+    assert (graph.num_nodes, graph.seq_len, graph.query_offset) == (9, 9, 8)
+    assert layer.past_features[0].shape[:2] == (1, 9)
+    last_row = full.edge_index[1] == 8
+    assert torch.equal(graph.edge_index, full.edge_index[:, last_row])
+    assert torch.allclose(graph.edge_weight, full.edge_weight[last_row], atol=1e-6)
+    stats = adapted.graph_stats()[0]
+    assert stats["edges"] == graph.num_edges and stats["mean_degree"] == graph.num_edges

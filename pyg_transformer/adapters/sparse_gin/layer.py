@@ -87,6 +87,36 @@ class SparseGinGNN(nn.Module):
         self.dropout = nn.Dropout(dropout) if gnn_type == "pna" else nn.Identity()
         self.lin_out = nn.Linear(g, in_channels)
         self.norm = nn.RMSNorm(in_channels, eps=1e-6)
+        # the tensors and constants the decode step reads, gathered once (see _decode_plan)
+        self._plan: tuple | None = None
+        self.register_load_state_dict_post_hook(SparseGinGNN._drop_plan)
+
+    @staticmethod
+    def _drop_plan(module: SparseGinGNN, incompatible_keys=None) -> None:
+        module._plan = None
+
+    def _apply(self, fn, recurse=True):
+        self._plan = None  # .to() / .half() / ... may replace the parameters
+        return super()._apply(fn, recurse)
+
+    def _decode_plan(self) -> tuple:
+        """References to the parameters used by :meth:`_decode_step` (module attribute
+        look-ups cost about as much as the tiny ops of a decode step). Rebuilt after
+        ``_apply`` (``.to()``, ...) and ``load_state_dict``."""
+        if self._plan is None:
+            layers = []
+            for conv, lin_res in zip(self.convs, self.lins_res):
+                lin1, norm, _, dropout, lin2 = conv.nn
+                layers.append((
+                    conv.eps, lin1.weight, lin1.bias, norm.normalized_shape, norm.weight,
+                    norm.bias, norm.eps, dropout, lin2.weight, lin2.bias, lin_res.weight,
+                    lin_res.bias,
+                ))
+            self._plan = (
+                self.lin_in.weight, self.lin_in.bias, tuple(layers), self.lin_out.weight,
+                self.lin_out.bias, self.norm.normalized_shape, self.norm.weight, self.norm.eps,
+            )
+        return self._plan
 
     def reset_parameters(self) -> None:
         self.lin_in.reset_parameters()
@@ -106,9 +136,13 @@ class SparseGinGNN(nn.Module):
         B, Tq, _ = x.shape
         P = 0 if past is None else past[0].size(1)
         Tk = P + Tq
-        dense_step = P > 0 and Tq == 1 and self.gnn_type == "gin"
-        if dense_step:
-            return self._decode_step(x, edge_index, edge_weight, past)
+        if P > 0 and Tq == 1 and self.gnn_type == "gin":
+            rows = edge_weight.new_zeros(B * Tk).index_put_(
+                (edge_index[0],), edge_weight, accumulate=True
+            ).view(B, 1, Tk)
+            features = [torch.cat([p.to(x.dtype), p.new_empty(B, 1, p.size(2))], dim=1)
+                        for p in past]
+            return self._decode_step(x, rows, features), features
         h = self.lin_in(x)
         if P:  # bipartite: sources are all Tk positions, targets the last Tq
             target = edge_index[1]
@@ -138,40 +172,71 @@ class SparseGinGNN(nn.Module):
         out = self.lin_out(h)
         return self.norm(out.to(self.norm.weight.dtype)), features
 
-    def _decode_step(
-        self, x: Tensor, edge_index: Tensor, edge_weight: Tensor, past: list[Tensor]
-    ) -> tuple[Tensor, list[Tensor]]:
+    def _decode_step(self, x: Tensor, rows: Tensor, features: list[Tensor]) -> Tensor:
         """GIN forward of one new token per sequence (a KV-cache decode step).
 
         The same math as :meth:`forward`, with the new adjacency row aggregated by one
-        dense ``[B, 1, Tk] x [B, Tk, g]`` product (entry ``(b, j)`` sits at the flat
-        source id ``b * Tk + j``) and the layers called functionally: at batch size 1
-        the per-call overhead of the small modules dominates a decode step.
+        dense product ``rows @ features[k]`` (``rows`` ``[B, 1, Tk]``: the kept edge
+        weights of the new row, 0 elsewhere) and the layers called functionally: at batch
+        size 1 the per-call overhead of the small modules dominates a decode step.
+        ``features[k]`` ``[B, Tk, g]`` holds the cached node features of layer ``k`` in
+        its first ``Tk - 1`` rows; the new token's features are written into its last row.
         """
+        w_in, b_in, layers, w_out, b_out, norm_shape, norm_weight, norm_eps = self._decode_plan()
         B = x.size(0)
-        Tk = past[0].size(1) + 1
-        h = F.linear(x.view(B, -1), self.lin_in.weight, self.lin_in.bias)
-        rows = edge_weight.new_zeros(B * Tk).index_put_(
-            (edge_index[0],), edge_weight, accumulate=True
-        ).view(B, 1, Tk).to(h.dtype)
-        features = []
-        for k, (conv, lin_res) in enumerate(zip(self.convs, self.lins_res)):
-            src = torch.cat([past[k].to(h.dtype), h.view(B, 1, -1)], dim=1)
-            features.append(src)
-            z = torch.bmm(rows, src).view(B, -1) + conv.eps.to(h.dtype) * h
-            lin1, norm, _, dropout, lin2 = conv.nn
-            z = F.layer_norm(F.linear(z, lin1.weight, lin1.bias), norm.normalized_shape,
-                             norm.weight, norm.bias, norm.eps)
-            z = F.dropout(F.relu(z), dropout.p, dropout.training)
-            h = F.linear(z, lin2.weight, lin2.bias) + F.linear(h, lin_res.weight, lin_res.bias)
-        out = F.linear(h, self.lin_out.weight, self.lin_out.bias).to(self.norm.weight.dtype)
-        out = F.rms_norm(out, self.norm.normalized_shape, self.norm.weight, self.norm.eps)
-        return out.view(B, 1, -1), features
+        h = F.linear(x.view(B, -1), w_in, b_in)
+        dtype = h.dtype
+        if rows.dtype != dtype:
+            rows = rows.to(dtype)
+        for src, (eps, w1, b1, ln_shape, ln_weight, ln_bias, ln_eps, dropout, w2, b2, w_res,
+                  b_res) in zip(features, layers):
+            src.select(1, src.size(1) - 1).copy_(h)
+            if eps.dtype != dtype:
+                eps = eps.to(dtype)
+            z = torch.bmm(rows, src).view(B, -1) + eps * h
+            z = F.relu(F.layer_norm(F.linear(z, w1, b1), ln_shape, ln_weight, ln_bias, ln_eps))
+            if dropout.training and dropout.p > 0:
+                z = F.dropout(z, dropout.p, True)
+            h = F.linear(z, w2, b2) + F.linear(h, w_res, b_res)
+        out = F.linear(h, w_out, b_out)
+        if out.dtype != norm_weight.dtype:
+            out = out.to(norm_weight.dtype)
+        out = F.rms_norm(out, norm_shape, norm_weight, norm_eps)
+        return out.view(B, 1, -1)
 
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}({self.in_channels}, {self.hidden_channels}, "
             f"num_layers={len(self.convs)}, gnn_type={self.gnn_type!r})"
+        )
+
+
+class DecodeRow:
+    r"""The adjacency of a single-query KV-cache decode step, kept dense: ``weight``
+    ``[B, Tk]`` holds the edge weight :math:`A'_{t,j}` of every kept edge ``j -> t``
+    (``t = Tk - 1``, the new token) and 0 elsewhere (kept weights are sigmoids above
+    :math:`\varepsilon \ge 0`, hence > 0). The :class:`AttentionGraph` is built from it
+    only when asked for (:meth:`to_graph`)."""
+
+    __slots__ = ("weight",)
+
+    def __init__(self, weight: Tensor):
+        self.weight = weight
+
+    @property
+    def seq_len(self) -> int:
+        return self.weight.size(1)
+
+    def to_graph(self) -> AttentionGraph:
+        """The equivalent :class:`AttentionGraph` (edges in ``(batch, key)`` order)."""
+        B, Tk = self.weight.shape
+        flat = self.weight.reshape(-1)
+        source = flat.nonzero().view(-1)
+        target = source - source % Tk + (Tk - 1)
+        return AttentionGraph(
+            edge_index=torch.stack([source, target]), edge_weight=flat[source],
+            batch=torch.arange(B, device=flat.device).repeat_interleave(Tk),
+            num_nodes=B * Tk, batch_size=B, seq_len=Tk, query_offset=Tk - 1,
         )
 
 
@@ -197,8 +262,30 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
         self.sparse_gin_lambda = nn.ParameterDict()
         self._disable_adapters = False
         self.merged_adapters = []
-        self.last_graph: AttentionGraph | None = None
-        self.past_features: list[Tensor] | None = None
+        self._last_graph: AttentionGraph | DecodeRow | None = None
+        # node features of cached tokens: one [B, capacity, g] buffer per GNN layer,
+        # of which the first ``_num_cached`` positions are filled
+        self._feature_buffers: list[Tensor] | None = None
+        self._num_cached = 0
+
+    @property
+    def last_graph(self) -> AttentionGraph | None:
+        """The graph of the last forward (built on first access after a decode step)."""
+        graph = self._last_graph
+        if isinstance(graph, DecodeRow):
+            graph = self._last_graph = graph.to_graph()
+        return graph
+
+    @last_graph.setter
+    def last_graph(self, graph: AttentionGraph | DecodeRow | None) -> None:
+        self._last_graph = graph
+
+    @property
+    def past_features(self) -> list[Tensor] | None:
+        """Cached node features ``[B, num_cached, g]`` per GNN layer (KV-cache companion)."""
+        if self._feature_buffers is None:
+            return None
+        return [b[:, :self._num_cached] for b in self._feature_buffers]
 
     def update_layer(self, adapter_name: str, config, scale: float, max_seq_len: int) -> None:
         """Create the adapter ``adapter_name`` from a :class:`SparseGinConfig`."""
@@ -223,40 +310,76 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
         self._disable_adapters = not enabled
 
     def reset_cache(self) -> None:
-        self.past_features = None
+        self._feature_buffers = None
+        self._num_cached = 0
 
-    def forward(self, x: Tensor, graph: AttentionGraph, store_features: bool = False) -> Tensor:
-        """``lambda * RMSNorm(GNN(x, graph))`` for the query positions.
+    def _store(self, features: list[Tensor]) -> None:
+        """Keep ``features`` ``[B, Tk, g]`` with room for later decode steps."""
+        B, Tk, g = features[0].shape
+        capacity = Tk + max(Tk, 64)
+        buffers = []
+        for f in features:
+            buf = f.new_empty(B, capacity, g)
+            buf[:, :Tk] = f.detach()
+            buffers.append(buf)
+        self._feature_buffers, self._num_cached = buffers, Tk
 
-        Args:
-            x: residual stream after attention ``[B, Tq, D]``.
-            graph: the layer's :class:`AttentionGraph` over ``B * Tk`` nodes
-                (``Tk - Tq`` cached positions first).
-            store_features: append this call's node features to the KV-cache
-                companion (generation).
-        """
-        adapter = self.active_adapters[0]
-        gnn = self.sparse_gin_gnn[adapter]
-        past = self.past_features
-        num_past = graph.seq_len - x.size(1)
-        if num_past == 0:
-            past = None
-        elif past is not None and past[0].size(1) > num_past:  # the KV cache was cropped
-            past = [p[:, :num_past] for p in past]
-        if num_past and (past is None or past[0].size(1) != num_past
-                         or past[0].size(0) != x.size(0)):
-            have = 0 if past is None else past[0].size(1)
+    def _check_past(self, num_past: int, batch_size: int) -> None:
+        have = self._num_cached if self._feature_buffers is not None else 0
+        if have < num_past or (num_past and self._feature_buffers[0].size(0) != batch_size):
             raise RuntimeError(
                 f"Sparse-GIN layer {self.layer_idx}: the KV cache holds {num_past} past "
                 f"tokens but the adapter cached features of {have}; pass the cache returned "
                 "by the adapted model"
             )
+
+    def forward(self, x: Tensor, graph: AttentionGraph | DecodeRow,
+                store_features: bool = False) -> Tensor:
+        """``lambda * RMSNorm(GNN(x, graph))`` for the query positions.
+
+        Args:
+            x: residual stream after attention ``[B, Tq, D]``.
+            graph: the layer's :class:`AttentionGraph` over ``B * Tk`` nodes
+                (``Tk - Tq`` cached positions first), or the :class:`DecodeRow` of a
+                single-query decode step.
+            store_features: append this call's node features to the KV-cache
+                companion (generation).
+        """
+        adapter = self.active_adapters[0]
+        gnn = self.sparse_gin_gnn[adapter]
+        B, Tq = x.size(0), x.size(1)
+        num_past = graph.seq_len - Tq
+        if num_past:
+            self._check_past(num_past, B)  # a cropped KV cache keeps a prefix
         dtype = gnn.lin_in.weight.dtype
-        out, features = gnn(x.to(dtype), graph.edge_index, graph.edge_weight, past)
-        if store_features:
-            self.past_features = [f.detach() for f in features]
-        scale = self.sparse_gin_lambda[adapter]
-        return (scale * out).to(x.dtype)
+        if isinstance(graph, DecodeRow) and (gnn.gnn_type != "gin" or not num_past):
+            graph = graph.to_graph()
+        if num_past and Tq == 1 and gnn.gnn_type == "gin":
+            if isinstance(graph, DecodeRow):
+                rows = graph.weight.view(B, 1, -1)
+            else:
+                rows = graph.edge_weight.new_zeros(B * (num_past + 1)).index_put_(
+                    (graph.edge_index[0],), graph.edge_weight, accumulate=True
+                ).view(B, 1, -1)
+            if store_features:
+                if self._feature_buffers[0].size(1) <= num_past:  # grow the buffers
+                    self._feature_buffers = [
+                        torch.cat([b[:, :num_past], torch.empty_like(b[:, :num_past])], 1)
+                        for b in self._feature_buffers
+                    ]
+                features = [b[:, :num_past + 1] for b in self._feature_buffers]
+                self._num_cached = num_past + 1
+            else:
+                features = [torch.cat([b[:, :num_past], b.new_empty(B, 1, b.size(2))], 1)
+                            for b in self._feature_buffers]
+            out = gnn._decode_step(x if x.dtype == dtype else x.to(dtype), rows, features)
+        else:
+            past = None if num_past == 0 else [b[:, :num_past] for b in self._feature_buffers]
+            out, features = gnn(x.to(dtype), graph.edge_index, graph.edge_weight, past)
+            if store_features:
+                self._store(features)
+        out = self.sparse_gin_lambda[adapter] * out
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(layer_idx={self.layer_idx}, adapters={list(self.sparse_gin_gnn)})"

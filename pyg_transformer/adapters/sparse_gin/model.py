@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from pyg_transformer.adapters.sparse_gin import capture
 from pyg_transformer.adapters.sparse_gin.config import SparseGinConfig
-from pyg_transformer.adapters.sparse_gin.layer import SparseGinLayer
+from pyg_transformer.adapters.sparse_gin.layer import DecodeRow, SparseGinLayer
 from pyg_transformer.adapters.sparse_gin.registration import PREFIX
 from pyg_transformer.graph import AttentionGraph, qk_to_graph
 from pyg_transformer.graph.construction import _reduce_heads, _sparsify_rows, causal_valid_mask
@@ -283,6 +283,7 @@ class SparseGinModel(BaseTuner):
         self._backbone_signature = inspect.signature(backbone.forward)
         self._padding_mask: Tensor | None = None
         self._external: Tensor | None = None
+        self._step = None  # per-forward constants shared by all layers (see _step_constants)
         self._store_features = False
         self._cache_ref = None
         self._hooks = []
@@ -365,6 +366,7 @@ class SparseGinModel(BaseTuner):
                 f"{tuple(mask.shape)}"
             )
         self._padding_mask = mask.bool() if isinstance(mask, Tensor) else None
+        self._step = None
         owner = self._cache_ref() if self._cache_ref is not None else None
         past = cache.get_seq_length() if cache is not None else 0
         if cache is None or cache is not owner or past == 0:
@@ -380,6 +382,7 @@ class SparseGinModel(BaseTuner):
         cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
         self._cache_ref = weakref.ref(cache) if cache is not None and self._store_features else None
         self._padding_mask = None
+        self._step = None
 
     @staticmethod
     def _make_residual_hook(adapter: SparseGinLayer):
@@ -409,14 +412,32 @@ class SparseGinModel(BaseTuner):
             attn_out = output[0] if isinstance(output, tuple) else output
             x = adapter._residual + attn_out
             delta = adapter(x, graph, store_features=self._store_features)
-            adapter.last_graph = _detached(graph)
+            adapter.last_graph = graph if isinstance(graph, DecodeRow) else _detached(graph)
             if isinstance(output, tuple):
                 return (attn_out + delta,) + output[1:]
             return attn_out + delta
         return hook
 
-    def _build_graph(self, module, query: Tensor, key: Tensor, kwargs: dict) -> AttentionGraph:
+    def _step_constants(self) -> tuple[dict, bool, Tensor | None]:
+        """``(graph options, decode fast path allowed, padding mask for the fast path)``,
+        the same for every adapted layer of one forward: computed by the first layer and
+        reused by the others (reset by the backbone hooks)."""
         config: SparseGinConfig = self.peft_config[self.active_adapter]
+        options = dict(
+            head_reduction=config.head_reduction, clamp=1.0, sharpen_alpha=config.alpha,
+            sharpen_tau=config.tau, threshold=config.epsilon, top_k=config.top_k,
+        )
+        fast = self._external is None and (
+            config.detach_adjacency or not torch.is_grad_enabled()
+        )
+        mask = self._padding_mask
+        # an all-ones padding mask masks nothing: the fast path skips it
+        fast_mask = None if mask is None or bool(mask.all()) else mask
+        self._step = (options, fast, fast_mask)
+        return self._step
+
+    def _build_graph(self, module, query: Tensor, key: Tensor,
+                     kwargs: dict) -> AttentionGraph | DecodeRow:
         batch_size, num_queries, num_keys = query.size(0), query.size(2), key.size(2)
         window = kwargs.get("sliding_window")
         if window is not None and num_keys > window:
@@ -430,24 +451,20 @@ class SparseGinModel(BaseTuner):
                 f"attention_mask must have shape [B, past + T] = [{batch_size}, {num_keys}], "
                 f"got {tuple(mask.shape)}"
             )
+        options, fast, fast_mask = self._step or self._step_constants()
         scaling = kwargs.get("scaling") or query.size(-1) ** -0.5
-        options = dict(
-            head_reduction=config.head_reduction, clamp=1.0, sharpen_alpha=config.alpha,
-            sharpen_tau=config.tau, threshold=config.epsilon, top_k=config.top_k,
-        )
+        if num_queries == 1 and fast:
+            return _decode_step_graph(query, key, scaling, fast_mask, options)
+        config: SparseGinConfig = self.peft_config[self.active_adapter]
         offset = num_keys - num_queries
-        if num_queries == 1 and self._external is None and (
-            config.detach_adjacency or not torch.is_grad_enabled()
-        ):
-            return _decode_step_graph(query, key, scaling, mask, options)
         if self._external is not None:
             return _graph_with_external(
                 query, key, scaling, mask, self._external, offset, config.chunk_size,
                 config.detach_adjacency, options,
             )
-        return _causal_chunked_graph(
-            query, key, scaling, mask, offset, config.chunk_size, config.detach_adjacency,
-            options,
+        return qk_to_graph(
+            query, key, scaling=scaling, attention_mask=mask, chunk_size=config.chunk_size,
+            query_offset=offset, detach=config.detach_adjacency, **options,
         )
 
     # -- public API ----------------------------------------------------------------------
@@ -670,86 +687,40 @@ def _detached(graph: AttentionGraph) -> AttentionGraph:
     )
 
 
-def _causal_chunked_graph(query: Tensor, key: Tensor, scaling: float, mask: Tensor | None,
-                          offset: int, chunk_size: int, detach: bool,
-                          options: dict) -> AttentionGraph:
-    """:func:`qk_to_graph`, one query chunk at a time, each scored only against the keys
-    it can see causally (``offset + end`` of them instead of all ``Tk``): the masked keys
-    have probability exactly 0, so the graph is the same at about half the work."""
-    num_queries, num_keys = query.size(2), key.size(2)
-    if num_queries <= chunk_size:
-        return qk_to_graph(
-            query, key, scaling=scaling, attention_mask=mask, chunk_size=chunk_size,
-            query_offset=offset, detach=detach, **options,
-        )
-    edge_indices, edge_weights = [], []
-    for start in range(0, num_queries, chunk_size):
-        end = min(start + chunk_size, num_queries)
-        visible = offset + end
-        graph = qk_to_graph(
-            query[:, :, start:end], key[:, :, :visible], scaling=scaling,
-            attention_mask=None if mask is None else mask[:, :visible],
-            chunk_size=chunk_size, query_offset=offset + start, detach=detach, **options,
-        )
-        edge_index = graph.edge_index
-        edge_indices.append((edge_index // visible) * num_keys + edge_index % visible)
-        edge_weights.append(graph.edge_weight)
-    edge_index = torch.cat(edge_indices, dim=1)
-    edge_weight = torch.cat(edge_weights)
-    # chunk-major -> the (batch, query, key) order of qk_to_graph
-    order = torch.argsort(edge_index[1] * num_keys + edge_index[0] % num_keys)
-    edge_index, edge_weight = edge_index[:, order], edge_weight[order]
-    B = query.size(0)
-    return AttentionGraph(
-        edge_index=edge_index, edge_weight=edge_weight,
-        batch=torch.arange(B, device=query.device).repeat_interleave(num_keys),
-        num_nodes=B * num_keys, batch_size=B, seq_len=num_keys, query_offset=offset,
-    )
-
-
 def _decode_step_graph(query: Tensor, key: Tensor, scaling: float, mask: Tensor | None,
-                       options: dict) -> AttentionGraph:
+                       options: dict) -> AttentionGraph | DecodeRow:
     """:func:`qk_to_graph` for a single query row (a KV-cache decode step) without its
     chunking and argument checks: the same scores, softmax, head reduction, clamp,
-    sharpening and threshold (``top_k`` goes through ``graph.construction``'s row
-    sparsifier)."""
+    sharpening and threshold. Without ``top_k`` the row stays dense (a
+    :class:`DecodeRow`, no edge list); ``top_k`` goes through ``graph.construction``'s
+    row sparsifier."""
     B, H, _, d = query.shape
     Hkv, Tk = key.size(1), key.size(2)
     with torch.no_grad():
-        scores = torch.matmul(query.view(B, Hkv, H // Hkv, d), key.transpose(-1, -2))
-        scores = scores.view(B, H, Tk).float().mul_(scaling)
+        # the [B * Hkv] batched product torch.matmul would do, without its reshaping
+        scores = torch.bmm(query.reshape(B * Hkv, H // Hkv, d),
+                           key.reshape(B * Hkv, Tk, d).transpose(1, 2)).view(B, H, Tk)
+        scores = (scores if scores.dtype == torch.float32 else scores.float()).mul_(scaling)
         if mask is not None:
             scores = scores.masked_fill(~mask[:, None], torch.finfo(torch.float32).min)
-        probs = torch.softmax(scores, dim=-1).to(query.dtype)
+        probs = torch.softmax(scores, dim=-1)
+        if probs.dtype != query.dtype:
+            probs = probs.to(query.dtype)
         reduced = _reduce_heads(probs, options["head_reduction"])  # [B, Tk]
-        if options["top_k"] is not None:
-            position = torch.full((1,), Tk - 1, device=query.device)
-            valid = causal_valid_mask(B, position, Tk, mask)
-            rest = {k: v for k, v in options.items() if k != "head_reduction"}
-            edge_index, edge_weight = _sparsify_rows(
-                reduced[:, None], valid, position, Tk, **rest
-            )
-        else:
-            values = torch.sigmoid(
-                reduced.clamp(max=options["clamp"]).sub_(options["sharpen_tau"])
-                .mul_(options["sharpen_alpha"])
-            )
+        if options["top_k"] is None:
+            values = reduced.clamp_(max=options["clamp"]).sub_(options["sharpen_tau"])
+            values = values.mul_(options["sharpen_alpha"]).sigmoid_()
             keep = values > options["threshold"]
             if mask is not None:
                 keep &= mask & mask[:, -1:]
-            source = keep.view(-1).nonzero().view(-1)
-            target = (
-                torch.full_like(source, Tk - 1) if B == 1
-                else source - source % Tk + (Tk - 1)
-            )
-            edge_index = torch.stack([source, target])
-            edge_weight = values.view(-1)[source]
-    batch = (
-        torch.zeros(Tk, dtype=torch.long, device=query.device) if B == 1
-        else torch.arange(B, device=query.device).repeat_interleave(Tk)
-    )
+            return DecodeRow(values.mul_(keep))
+        position = torch.full((1,), Tk - 1, device=query.device)
+        valid = causal_valid_mask(B, position, Tk, mask)
+        rest = {k: v for k, v in options.items() if k != "head_reduction"}
+        edge_index, edge_weight = _sparsify_rows(reduced[:, None], valid, position, Tk, **rest)
     return AttentionGraph(
-        edge_index=edge_index, edge_weight=edge_weight, batch=batch,
+        edge_index=edge_index, edge_weight=edge_weight,
+        batch=torch.arange(B, device=query.device).repeat_interleave(Tk),
         num_nodes=B * Tk, batch_size=B, seq_len=Tk, query_offset=Tk - 1,
     )
 
