@@ -6,7 +6,12 @@ import copy
 import os
 from dataclasses import dataclass
 
-from pyg_transformer.experiments.runner import ArmResult, TrainSettings, train_arm
+from pyg_transformer.experiments.runner import (
+    ArmResult,
+    TrainSettings,
+    check_int_fields,
+    train_arm,
+)
 
 FINETUNE_METHODS = ("sparse-gin", "lora")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -35,10 +40,7 @@ class FinetuneSettings:
     variants_per_template: int = 4
 
     def __post_init__(self):
-        for name in ("lora_rank", "lora_alpha", "variants_per_template"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int_fields(self, ("lora_rank", "lora_alpha", "variants_per_template"))
         if self.model != "smollm2" and not os.path.isdir(self.model):
             raise FileNotFoundError(
                 f"model must be 'smollm2' or an existing model folder, got {self.model!r}")

@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pyg_transformer.experiments.runner import ArmResult, TrainSettings, train_arm
+from pyg_transformer.experiments.runner import (
+    ArmResult,
+    TrainSettings,
+    check_int_fields,
+    train_arm,
+)
 
 PRETRAIN_ATTENTIONS = ("gin", "pna", "standard")
 
@@ -35,11 +40,8 @@ class PretrainSettings:
     variants_per_template: int = 4
 
     def __post_init__(self):
-        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                     "intermediate_size", "variants_per_template"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int_fields(self, ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                                "intermediate_size", "variants_per_template"))
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of "
                              f"num_heads ({self.num_heads})")

@@ -27,6 +27,16 @@ from pyg_transformer.training import (
 logger = logging.getLogger(__name__)
 
 
+def check_int_fields(settings, names: tuple[str, ...], minimum: int = 1) -> None:
+    """Raise ``ValueError`` naming the first field of ``names`` that is not an int
+    ``>= minimum``."""
+    for name in names:
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
 @dataclass
 class TrainSettings:
     """Optimisation and evaluation settings shared by every arm of a comparison.
@@ -60,16 +70,9 @@ class TrainSettings:
     bf16: bool = False
 
     def __post_init__(self):
-        positive = ("max_steps", "batch_size", "max_length", "logging_steps", "eval_steps",
-                    "max_new_tokens")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("eval_size", "exact_match_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        check_int_fields(self, ("max_steps", "batch_size", "max_length", "logging_steps",
+                                "eval_steps", "max_new_tokens"))
+        check_int_fields(self, ("eval_size", "exact_match_size"), minimum=0)
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 1):
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
 
