@@ -11,7 +11,7 @@ install:
 	$(PIP) install -e ".[test,docs]"
 
 demo: install
-	$(PYTHON) examples/attention_graphs.py
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pyg_transformer demo
 
 test: install
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
@@ -20,4 +20,6 @@ docs:
 	$(PYTHON) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 bench:
-	$(PYTHON) benchmarks/graph_construction.py
+	$(PYTHON) benchmarks/graph_construction.py --threads 1
+	$(PYTHON) benchmarks/gin_attention.py
+	$(PYTHON) benchmarks/adapter_vs_lora.py
