@@ -350,3 +350,42 @@ def test_invalid_shapes_raise():
         qk_to_graph(q, q, scaling=0.0)
     with pytest.raises(ValueError, match="chunk_size"):
         qk_to_graph(q, q, scaling=1.0, chunk_size=0)
+
+
+# ---------------------------------------------------------------- external adjacency
+
+
+@pytest.mark.parametrize("prefix_len", [0, 5])
+def test_external_adjacency_is_added_before_sharpening(prefix_len):
+    """SPEC §5: A' = sigmoid(alpha (min(1, sum_h A_h + E) - tau)), causal and padding rules
+    unchanged; qk_to_graph equals the definition written on eager probabilities."""
+    torch.manual_seed(3)
+    B, H, Hkv, T, d = 2, 4, 2, 10, 8
+    Tq = T - prefix_len
+    query, key = torch.randn(B, H, Tq, d), torch.randn(B, Hkv, T, d)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, :3] = 0
+    external = torch.zeros(B, Tq, T)
+    external[0, Tq - 1, 0] = 2.0  # a long-range causal edge 0 -> T-1
+    external[0, 0, T - 1] = 2.0  # non-causal: never an edge
+    external[1, Tq - 1, 1] = 2.0  # from a padding token: never an edge
+    options = dict(sharpen_alpha=10.0, sharpen_tau=0.1, threshold=0.9, query_offset=prefix_len)
+    scores = query @ key.repeat_interleave(H // Hkv, 1).transpose(-1, -2) * d**-0.5
+    positions = torch.arange(prefix_len, T)
+    valid = (torch.arange(T)[None, :] <= positions[:, None])[None, None] & mask.bool()[:, None, None]
+    probs = scores.masked_fill(~valid, torch.finfo(torch.float32).min).softmax(-1)
+    reference = attention_to_graph(probs.sum(1) + external, mask, **options)
+    for chunk_size in (1, 3, 64):
+        graph = qk_to_graph(query, key, scaling=d**-0.5, attention_mask=mask,
+                            chunk_size=chunk_size, external=external, **options)
+        assert torch.equal(graph.edge_index, reference.edge_index)
+        torch.testing.assert_close(graph.edge_weight, reference.edge_weight, rtol=0, atol=1e-6)
+        assert_graph_invariants(graph, mask)
+    edges = {tuple(e): w for e, w in zip(reference.edge_index.t().tolist(),
+                                         reference.edge_weight.tolist())}
+    # the external weight 2 lifts the edge 0 -> T-1 to the clamp: sigmoid(10 (1 - 0.1))
+    assert edges[(0, T - 1)] == pytest.approx(torch.sigmoid(torch.tensor(9.0)).item())
+    assert all(src <= dst for src, dst in edges)
+    with pytest.raises(ValueError, match="external must have shape"):
+        qk_to_graph(query, key, scaling=0.5, external=torch.zeros(B, T, T + 1),
+                    query_offset=prefix_len)

@@ -84,6 +84,19 @@ def _check_attention_mask(attention_mask: Tensor | None, batch_size: int, seq_le
     return attention_mask.bool()
 
 
+def _check_external(external: Tensor | None, batch_size: int, num_queries: int,
+                    num_keys: int) -> None:
+    if external is None:
+        return
+    if not isinstance(external, Tensor):
+        raise TypeError(f"external must be a tensor, got {type(external).__name__}")
+    if external.shape != (batch_size, num_queries, num_keys):
+        raise ValueError(
+            f"external must have shape [B, Tq, Tk] = [{batch_size}, {num_queries}, "
+            f"{num_keys}], got {tuple(external.shape)}"
+        )
+
+
 def _check_query_offset(query_offset: int, num_queries: int, num_keys: int) -> None:
     if isinstance(query_offset, bool) or not isinstance(query_offset, int):
         raise ValueError(f"query_offset must be an int, got {query_offset!r}")
@@ -186,6 +199,7 @@ def attention_to_graph(
     top_k: int | None = None,
     query_offset: int = 0,
     detach: bool = True,
+    external: Tensor | None = None,
 ) -> AttentionGraph:
     r"""Build the causal attention graph from attention probabilities.
 
@@ -211,6 +225,9 @@ def attention_to_graph(
         detach: if ``True`` the edge weights carry no gradient; if ``False`` gradients
             flow from ``edge_weight`` back to ``attn`` (the edge *set* is never
             differentiable).
+        external: optional external adjacency ``[B, Tq, Tk]`` (``external[b, i, j]``
+            weighs ``j -> query row i``), added to the head-reduced probabilities before
+            clamping and sharpening (SPEC §5); causality and padding still apply.
 
     Returns:
         An :class:`AttentionGraph` with ``B * Tk`` nodes.
@@ -234,9 +251,13 @@ def attention_to_graph(
     batch_size, num_queries, num_keys = attn.size(0), attn.size(-2), attn.size(-1)
     _check_query_offset(query_offset, num_queries, num_keys)
     mask = _check_attention_mask(attention_mask, batch_size, num_keys)
+    _check_external(external, batch_size, num_queries, num_keys)
     if detach:
         attn = attn.detach()
+        external = None if external is None else external.detach()
     reduced = _reduce_heads(attn, head_reduction) if attn.dim() == 4 else attn
+    if external is not None:
+        reduced = reduced + external.to(reduced.dtype)
     positions = torch.arange(query_offset, query_offset + num_queries, device=attn.device)
     valid = causal_valid_mask(batch_size, positions, num_keys, mask)
     if torch.isnan(reduced.masked_fill(~valid, 0)).any():
@@ -270,6 +291,7 @@ def qk_to_graph(
     top_k: int | None = None,
     query_offset: int = 0,
     detach: bool = True,
+    external: Tensor | None = None,
 ) -> AttentionGraph:
     r"""Build the same graph as :func:`attention_to_graph` straight from queries and keys.
 
@@ -290,8 +312,8 @@ def qk_to_graph(
             ``key``; each chunk is recomputed in the backward pass (activation
             checkpointing) so memory stays ``O(B * H * chunk_size * Tk)``.
         head_reduction: as in :func:`attention_to_graph`; so are ``clamp``,
-            ``sharpen_alpha``, ``sharpen_tau``, ``threshold``, ``top_k`` and
-            ``query_offset``.
+            ``sharpen_alpha``, ``sharpen_tau``, ``threshold``, ``top_k``,
+            ``query_offset`` and ``external``.
     """
     for name, tensor in (("query", query), ("key", key)):
         if not isinstance(tensor, Tensor):
@@ -326,6 +348,7 @@ def qk_to_graph(
     )
     _check_query_offset(query_offset, num_queries, num_keys)
     mask = _check_attention_mask(attention_mask, batch_size, num_keys)
+    _check_external(external, batch_size, num_queries, num_keys)
     options = dict(
         clamp=clamp,
         sharpen_alpha=sharpen_alpha,
@@ -357,13 +380,18 @@ def qk_to_graph(
             probs = probs.div_(probs.sum(dim=-1, keepdim=True))
         probs = probs.to(query.dtype)
         reduced = _reduce_heads(probs, head_reduction)
+        if external is not None:
+            block = external[:, start : start + rows, :visible]
+            reduced = reduced + (block.detach() if detach else block).to(reduced.dtype)
         return _sparsify_rows(reduced, valid, positions, num_keys, **options)
 
     edge_indices, edge_weights = [], []
     with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
         for start in range(0, num_queries, chunk_size):
             query_chunk = query[:, :, start : start + chunk_size]
-            if detach or not (query.requires_grad or key.requires_grad):
+            differentiable = query.requires_grad or key.requires_grad or (
+                external is not None and external.requires_grad)
+            if detach or not differentiable:
                 edge_index, edge_weight = chunk_edges(query_chunk, key_t, start)
             else:
                 edge_index, edge_weight = checkpoint(

@@ -457,14 +457,17 @@ class SparseGinModel(BaseTuner):
             return _decode_step_graph(query, key, scaling, fast_mask, options)
         config: SparseGinConfig = self.peft_config[self.active_adapter]
         offset = num_keys - num_queries
-        if self._external is not None:
-            return _graph_with_external(
-                query, key, scaling, mask, self._external, offset, config.chunk_size,
-                config.detach_adjacency, options,
-            )
+        external = self._external
+        if external is not None:
+            if external.size(-1) != num_keys:
+                raise ValueError(
+                    f"external_adjacency covers {external.size(-1)} positions but attention "
+                    f"has {num_keys} keys (external adjacency is not supported with a KV cache)"
+                )
+            external = external[:, offset:]  # the query rows of this forward
         return qk_to_graph(
             query, key, scaling=scaling, attention_mask=mask, chunk_size=config.chunk_size,
-            query_offset=offset, detach=config.detach_adjacency, **options,
+            query_offset=offset, detach=config.detach_adjacency, external=external, **options,
         )
 
     # -- public API ----------------------------------------------------------------------
@@ -779,48 +782,3 @@ def _dense_external(external, args, kwargs) -> Tensor:
         raise ValueError("external_adjacency must hold finite floating point weights")
     return dense
 
-
-def _graph_with_external(query, key, scaling, mask, external, offset, chunk_size, detach,
-                         options) -> AttentionGraph:
-    """Like :func:`qk_to_graph`, with ``external`` added to the head-reduced probabilities
-    before clamping and sharpening (SPEC §5)."""
-    from pyg_transformer.graph import attention_to_graph
-
-    B, H, Tq, d = query.shape
-    Tk = key.size(2)
-    if external.shape[-1] != Tk:
-        raise ValueError(
-            f"external_adjacency covers {external.shape[-1]} positions but attention has "
-            f"{Tk} keys (external adjacency is not supported with a KV cache)"
-        )
-    groups = H // key.size(1)
-    key_full = key.repeat_interleave(groups, dim=1)
-    positions = torch.arange(Tk, device=query.device)
-    edge_indices, edge_weights = [], []
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
-        for start in range(0, Tq, chunk_size):
-            q = query[:, :, start:start + chunk_size]
-            rows = q.size(2)
-            scores = torch.matmul(q, key_full.transpose(-1, -2)).float() * scaling
-            row_pos = positions[offset + start: offset + start + rows]
-            valid = positions.view(1, -1) <= row_pos.view(-1, 1)
-            valid = valid.expand(B, -1, -1)
-            if mask is not None:
-                valid = valid & mask[:, None, :]
-            scores = scores.masked_fill(~valid[:, None], torch.finfo(torch.float32).min)
-            probs = torch.softmax(scores, dim=-1).to(query.dtype)
-            reduced = {"sum": probs.sum(1), "mean": probs.mean(1), "max": probs.amax(1)}[
-                options["head_reduction"]]
-            reduced = reduced + external[:, offset + start: offset + start + rows].to(reduced.dtype)
-            graph = attention_to_graph(
-                reduced, mask, query_offset=offset + start, detach=detach, **options
-            )
-            edge_indices.append(graph.edge_index)
-            edge_weights.append(graph.edge_weight)
-    edge_index = torch.cat(edge_indices, dim=1)
-    edge_weight = torch.cat(edge_weights)
-    return AttentionGraph(
-        edge_index=edge_index, edge_weight=edge_weight,
-        batch=torch.arange(B, device=query.device).repeat_interleave(Tk),
-        num_nodes=B * Tk, batch_size=B, seq_len=Tk, query_offset=offset,
-    )
