@@ -3,54 +3,15 @@
 import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 
 import pytest
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_llm_helpers import TINY_TRAIN
 
 from pyg_transformer.cli import main
-from pyg_transformer.data import train_char_tokenizer
-
-PROBLEMS = [
-    ("Tom has {a} apples and buys {b} more. How many apples does he have?", "{a} + {b} = {c}"),
-    ("A box holds {a} pens. {b} pens are added. How many pens are in the box?", "{a}+{b}={c}"),
-    ("Sara reads {a} pages, then {b} pages. How many pages did she read?", "{a} + {b} is {c}"),
-]
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "problems.jsonl"
-    with path.open("w") as f:
-        for i in range(30):
-            question, solution = PROBLEMS[i % 3]
-            a, b = i + 2, 2 * i + 1
-            f.write(json.dumps({"question": question.format(a=a, b=b),
-                                "answer": solution.format(a=a, b=b, c=a + b)
-                                + f"\n#### {a + b}"}) + "\n")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, data_file):
-    """A tiny random Llama with a character tokenizer, saved like any HF checkpoint."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    with open(data_file) as f:
-        texts = [line for line in f] + ["Question: Answer:"]
-    tokenizer = train_char_tokenizer(texts)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-TINY_TRAIN = ["--steps", "3", "--eval-steps", "3", "--logging-steps", "1", "--eval-size", "4",
-              "--exact-match-size", "2", "--max-new-tokens", "4", "--max-length", "256"]
 
 
 def _check_results(out_dir, arms):
@@ -63,6 +24,9 @@ def _check_results(out_dir, arms):
             assert math.isfinite(run[key]), (arm, key, run[key])
         assert run["trainable_parameters"] > 0
         assert any("eval_loss" in e for e in run["log_history"])
+        saved = json.loads((out_dir / "runs" / f"{arm}-seed0" / "result.json").read_text())
+        assert saved == run
+    assert results["complete"] and results["seeds"] == [0]
     table = (out_dir / "results.md").read_text()
     assert all(f"| {arm} |" in table for arm in arms)
     figures = sorted(p.name for p in out_dir.glob("*.png"))
@@ -129,26 +93,194 @@ def test_unknown_method_is_a_clean_error():
     assert "invalid choice: 'prefix-tuning'" in result.stderr
 
 
-def test_bad_values_are_clean_errors(tiny_model_dir, data_file, capsys):
+def test_bad_values_are_clean_errors(tmp_path, tiny_model_dir, data_file, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["finetune", "--method", "lora", "--model", tiny_model_dir, "--data", data_file,
               "--steps", "0"])
     assert exit_info.value.code == 2
     assert "max_steps must be a positive int, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        main(["graph", "some text", "--model", tiny_model_dir, "--layer", "7"])
+        main(["graph", "some text", "--model", tiny_model_dir, "--layer", "7",
+              "--output-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "--layer must be in [0, 1], got 7" in capsys.readouterr().err
 
 
 def test_graph_command_draws_a_prompt(tmp_path, tiny_model_dir, capsys):
-    code = main(["graph", "Tom has 3 apples.", "--model", tiny_model_dir, "--layer", "1",
-                 "--threshold", "0.5", "--output-dir", str(tmp_path)])
-    assert code == 0
+    args = ["graph", "Tom has 3 apples.", "--model", tiny_model_dir, "--layer", "1",
+            "--threshold", "0.5", "--output-dir", str(tmp_path)]
+    assert main(args) == 0
     printed = capsys.readouterr().out.split()
     assert len(printed) == 2
     for path in printed:
         assert os.path.getsize(path) > 1000
+    drawn_at = os.stat(printed[0]).st_mtime_ns
+    with pytest.raises(SystemExit) as exit_info:  # the PNGs are not replaced silently
+        main(args)
+    assert exit_info.value.code == 2
+    assert f"{printed[0]!r} already exists; pass --overwrite" in _error_line(capsys)
+    assert os.stat(printed[0]).st_mtime_ns == drawn_at
+    assert main([*args, "--overwrite"]) == 0
+    assert capsys.readouterr().out.split() == printed
+    assert os.stat(printed[0]).st_mtime_ns != drawn_at
+
+
+def _error_line(capsys) -> str:
+    """The one ``pyg-transformer: error: ...`` line on stderr (after any progress bars)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("pyg-transformer: error: ")
+    assert sum("pyg-transformer: error" in line for line in lines) == 1
+    return lines[-1]
+
+
+def test_missing_model_folder_is_a_clean_error(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    result = _run_cli("graph", "Tom has 3 apples.", "--model", missing,
+                      "--output-dir", str(tmp_path / "graph"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line == ("pyg-transformer: error: model must be 'smollm2' or an existing model "
+                    f"folder, got {missing!r}")
+
+
+def _config_only_model(tmp_path, model_dir):
+    folder = tmp_path / "config-only"
+    folder.mkdir()
+    shutil.copy(os.path.join(model_dir, "config.json"), folder)
+    return str(folder)
+
+
+def _header_only_csv(tmp_path):
+    path = tmp_path / "header.csv"
+    path.write_text("prompt,completion\n")
+    return str(path)
+
+
+def _empty_pairs(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("".join(json.dumps({"prompt": "", "completion": ""}) + "\n"
+                            for _ in range(10)))
+    return str(path)
+
+
+def _under_a_file(tmp_path):
+    (tmp_path / "somefile").write_text("")
+    return str(tmp_path / "somefile" / "out")
+
+
+#: name: (arguments from (tmp_path, model folder, data file), expected message)
+BAD_INPUTS = {
+    "model folder without weights": (
+        lambda tmp, model, data: ["graph", "Tom has 3 apples.", "--model",
+                                  _config_only_model(tmp, model), "--output-dir", str(tmp)],
+        r"model folder '.*config-only' holds no weights \(none of model\.safetensors"),
+    "fine-tuning a model folder without weights": (
+        lambda tmp, model, data: ["finetune", "--method", "lora", "--model",
+                                  _config_only_model(tmp, model), "--data", data,
+                                  "--output-dir", str(tmp / "out")],
+        r"holds no weights"),
+    "output directory under a file": (
+        lambda tmp, model, data: ["finetune", "--method", "lora", "--model", model, "--data",
+                                  data, "--output-dir", _under_a_file(tmp)],
+        r"output directory '.*somefile/out' cannot be created: '.*somefile' is a file"),
+    "header-only CSV": (
+        lambda tmp, model, data: ["finetune", "--method", "lora", "--model", model, "--data",
+                                  _header_only_csv(tmp), "--output-dir", str(tmp / "out")],
+        r"data file has no rows: '.*header\.csv'"),
+    "empty prompts and completions": (
+        lambda tmp, model, data: ["finetune", "--method", "lora", "--model", model, "--data",
+                                  _empty_pairs(tmp), "--output-dir", str(tmp / "out")],
+        r"'completion' of '.*empty\.jsonl' is empty in every row: nothing to train on"),
+    "repeated arms": (
+        lambda tmp, model, data: ["compare", "finetune", "--arms", "lora", "lora", "--model",
+                                  model, "--data", data, "--output-dir", str(tmp / "out")],
+        r"arms must not repeat, got \['lora', 'lora'\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_code_2(case, tmp_path, tiny_model_dir, data_file,
+                                               capsys):
+    arguments, message = BAD_INPUTS[case]
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments(tmp_path, tiny_model_dir, data_file))
+    assert exit_info.value.code == 2
+    assert re.search(message, _error_line(capsys))
+    assert not list(tmp_path.glob("**/result.json"))  # nothing was trained
+
+
+def test_read_only_output_dir_is_refused_before_training(tmp_path, capsys):
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    euid = os.geteuid()
+    try:
+        if euid == 0:  # root writes into read-only folders: try as an unprivileged user
+            try:
+                os.seteuid(65534)
+            except PermissionError:
+                pytest.skip("running as root without the right to switch user")
+        with pytest.raises(SystemExit) as exit_info:
+            main(["pretrain", "--attention", "gin", "--output-dir", str(read_only)])
+    finally:
+        os.seteuid(euid)
+        read_only.chmod(0o700)
+    assert exit_info.value.code == 2
+    line = _error_line(capsys)
+    assert f"cannot write to output directory {str(read_only)!r}: Permission denied" in line
+
+
+def test_rerun_resumes_refuses_another_configuration_and_overwrites(tmp_path, tiny_model_dir,
+                                                                   data_file, capsys):
+    out = tmp_path / "lora"
+    args = ["finetune", "--method", "lora", "--model", tiny_model_dir, "--data", data_file,
+            "--lora-rank", "2", *TINY_TRAIN, "--exact-match-size", "0", "--output-dir",
+            str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out.splitlines()[-2:]  # after the Trainer's log lines
+    run = out / "runs" / "lora-seed0"
+    assert printed[0].startswith("lora: best val. perplexity") and printed[1] == f"saved: {run}"
+    weights = run / "adapter_model.safetensors"
+    saved_at = weights.stat().st_mtime_ns
+
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert f"resuming: lora-seed0 already finished, loaded from {run}" in captured.err
+    assert captured.out.splitlines() == printed  # trained nothing, printed the same
+    assert weights.stat().st_mtime_ns == saved_at
+
+    refused = []  # another configuration, and the demo's, into the same folder
+    for command in ([*args, "--lora-rank", "4"], ["demo", "--output-dir", str(out)]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        assert exit_info.value.code == 2
+        refused.append(_error_line(capsys))
+    for line in refused:
+        assert f"output directory {str(out)!r} holds runs of another configuration" in line
+        assert "rerun with --overwrite" in line
+    assert "(settings.lora_rank: 2 -> 4)" in refused[0]
+    assert weights.stat().st_mtime_ns == saved_at
+
+    assert main([*args, "--lora-rank", "4", "--overwrite"]) == 0
+    assert weights.stat().st_mtime_ns != saved_at
+    assert json.loads((out / "experiment.json").read_text())["settings"]["lora_rank"] == 4
+
+
+def test_pretrain_saves_a_model_that_the_graph_command_draws(tmp_path, data_file, capsys):
+    out = tmp_path / "gin"
+    assert main(["pretrain", "--attention", "gin", "--data", data_file, "--hidden-size", "32",
+                 "--layers", "2", "--heads", "4", "--kv-heads", "2", "--intermediate-size",
+                 "64", *TINY_TRAIN, "--output-dir", str(out)]) == 0
+    run = out / "runs" / "gin-seed0"
+    assert {"result.json", "config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in run.iterdir()}
+    capsys.readouterr()
+    assert main(["graph", "Tom has 3 apples.", "--model", str(run), "--layer", "1",
+                 "--output-dir", str(tmp_path / "graph")]) == 0
+    assert len(capsys.readouterr().out.split()) == 2
 
 
 def test_console_script_is_installed():

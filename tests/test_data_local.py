@@ -94,3 +94,33 @@ def test_errors_name_the_problem(tmp_path):
         load_local_dataset(good, task="classify")
     with pytest.raises(ValueError, match="test_fraction"):
         load_local_dataset(good, test_fraction=1.0)
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "parquet"])
+def test_a_file_without_rows_is_refused(tmp_path, fmt):
+    path = tmp_path / f"none.{fmt}"
+    if fmt == "csv":
+        path.write_text("prompt,completion\n")  # a header only
+    elif fmt == "parquet":
+        Dataset.from_dict({"prompt": [], "completion": []}).to_parquet(str(path))
+    else:
+        path.write_text("[]" if fmt == "json" else "\n")
+    with pytest.raises(ValueError, match=f"data file has no rows: '.*none.{fmt}'"):
+        load_local_dataset(path)
+
+
+def test_nothing_to_train_on_is_refused(tmp_path):
+    blank = write(tmp_path / "blank.jsonl", [{"prompt": "", "completion": " "}] * 4, "jsonl")
+    with pytest.raises(ValueError, match=r"'completion' of '.*blank.jsonl' is empty in every"):
+        load_local_dataset(blank)
+    with pytest.raises(ValueError, match=r"'prompt' and 'completion' of .* are empty in every"):
+        load_local_dataset(blank, task="pretrain")
+    texts = write(tmp_path / "texts.jsonl", [{"text": ""}] * 4, "jsonl")
+    with pytest.raises(ValueError, match=r"'text' of '.*texts.jsonl' is empty in every row"):
+        load_local_dataset(texts, task="pretrain")
+    answers = write(tmp_path / "qa.jsonl", [{"question": "Why?", "answer": ""}] * 4, "jsonl")
+    with pytest.raises(ValueError, match=r"'answer' of '.*qa.jsonl' is empty in every row"):
+        load_local_dataset(answers)
+    some = write(tmp_path / "some.jsonl", [{"prompt": "", "completion": ""},
+                                           {"prompt": "", "completion": "x"}], "jsonl")
+    assert len(load_local_dataset(some, test_fraction=0)["train"]) == 2  # one row is enough

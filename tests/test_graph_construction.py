@@ -337,7 +337,7 @@ def test_invalid_shapes_raise():
         attention_to_graph(torch.rand(6, 6))
     with pytest.raises(TypeError, match="attn"):
         attention_to_graph(torch.ones(1, 3, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match=r"attn must be finite .* got nan at attn\[0, 0, 0\]"):
         attention_to_graph(torch.full((1, 3, 3), float("nan")))
     q = torch.randn(1, 4, 5, 8)
     with pytest.raises(ValueError, match="query"):
@@ -389,3 +389,133 @@ def test_external_adjacency_is_added_before_sharpening(prefix_len):
     with pytest.raises(ValueError, match="external must have shape"):
         qk_to_graph(query, key, scaling=0.5, external=torch.zeros(B, T, T + 1),
                     query_offset=prefix_len)
+
+
+# ---------------------------------------------------------------- bad input (issue 8)
+
+
+def test_qk_to_graph_rejects_non_finite_query_and_key():
+    """NaN/inf in a real token's query or key raises (it used to drop edges silently);
+    padding positions are never read, so garbage there is accepted."""
+    B, H, T, d = 2, 2, 6, 4
+    query, key = torch.randn(B, H, T, d), torch.randn(B, H, T, d)
+    bad_query = query.clone()
+    bad_query[0, 1, 3, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"query must be finite .* got nan at query\[0, 1, 3, 2\]"):
+        qk_to_graph(bad_query, key, scaling=0.5)
+    bad_key = key.clone()
+    bad_key[1, 0, 2, 0] = float("-inf")
+    with pytest.raises(ValueError, match=r"key must be finite .* got -inf at key\[1, 0, 2, 0\]"):
+        qk_to_graph(query, bad_key, scaling=0.5)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, :2] = 0  # left padding of sequence 1
+    garbage_q, garbage_k = query.clone(), key.clone()
+    garbage_q[1, :, :2] = float("nan")
+    garbage_k[1, :, :2] = float("inf")
+    reference = qk_to_graph(query, key, scaling=0.5, attention_mask=mask)
+    graph = qk_to_graph(garbage_q, garbage_k, scaling=0.5, attention_mask=mask)
+    assert torch.equal(graph.edge_index, reference.edge_index)
+    torch.testing.assert_close(graph.edge_weight, reference.edge_weight, rtol=0, atol=0)
+    garbage_q[1, 0, 4, 0] = float("inf")  # a real token of sequence 1
+    with pytest.raises(ValueError, match=r"query must be finite .* got inf at query\[1, 0, 4, 0\]"):
+        qk_to_graph(garbage_q, garbage_k, scaling=0.5, attention_mask=mask)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_attention_to_graph_rejects_non_finite_attn(value):
+    attn = random_probs(1, 2, 4, 4)
+    attn[0, 1, 2, 1] = value
+    with pytest.raises(ValueError, match=rf"attn must be finite .* got {value} at attn\[0, 1, 2, 1\]"):
+        attention_to_graph(attn)
+    attn = random_probs(1, 2, 4, 4)
+    attn[0, 1, 1, 2] = value  # above the diagonal: never read
+    assert attention_to_graph(attn).num_edges == 10
+
+
+@pytest.mark.parametrize("scaling", [float("inf"), float("nan"), 0.0, -1.0])
+def test_scaling_must_be_positive_finite(scaling):
+    q = torch.randn(1, 2, 4, 4)
+    with pytest.raises(ValueError, match=rf"scaling must be a positive finite number, got {scaling}"):
+        qk_to_graph(q, q, scaling=scaling)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(clamp=float("inf")), r"clamp must be a positive finite number or None .* got inf"),
+        (dict(clamp=float("nan")), r"clamp must be .* got nan"),
+        (dict(sharpen_alpha=float("inf")), r"sharpen_alpha must be .* got inf"),
+        (dict(sharpen_alpha=float("nan")), r"sharpen_alpha must be .* got nan"),
+        (dict(sharpen_alpha=5.0, sharpen_tau=float("inf")), r"sharpen_tau must be a finite number, got inf"),
+        (dict(sharpen_tau=float("-inf")), r"sharpen_tau must be a finite number, got -inf"),
+        (dict(sharpen_tau=float("nan")), r"sharpen_tau must be a finite number, got nan"),
+        (dict(threshold=float("inf")), r"threshold must be a finite number >= 0, got inf"),
+        (dict(threshold=float("nan")), r"threshold must be a finite number >= 0, got nan"),
+    ],
+)
+def test_non_finite_options_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        attention_to_graph(random_probs(1, 2, 4, 4), **kwargs)
+    with pytest.raises(ValueError, match=match):
+        qk_to_graph(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4), scaling=0.5, **kwargs)
+
+
+@pytest.mark.parametrize("prefix_len", [0, 2])
+def test_external_must_be_finite_floating_point(prefix_len):
+    B, T = 2, 6
+    Tq = T - prefix_len
+    query, key = torch.randn(B, 2, Tq, 4), torch.randn(B, 2, T, 4)
+    probs = random_probs(B, 2, Tq, T, offset=prefix_len)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 0] = 0
+    build = {
+        "qk_to_graph": lambda ext: qk_to_graph(query, key, scaling=0.5, attention_mask=mask,
+                                               query_offset=prefix_len, external=ext),
+        "attention_to_graph": lambda ext: attention_to_graph(
+            probs, mask, query_offset=prefix_len, external=ext),
+    }
+    for name, fn in build.items():
+        external = torch.zeros(B, Tq, T)
+        external[0, Tq - 1, 1] = float("inf")
+        with pytest.raises(ValueError, match=rf"external must be finite .* got inf at external\[0, {Tq - 1}, 1\]"):
+            fn(external)
+        external = torch.zeros(B, Tq, T)
+        external[0, 0, T - 1] = float("nan")  # non-causal: never read
+        external[1, Tq - 1, 0] = float("inf")  # from a padding token: never read
+        assert fn(external).num_edges == fn(None).num_edges, name
+        with pytest.raises(TypeError, match="external must be a floating point tensor, got torch.int64"):
+            fn(torch.zeros(B, Tq, T, dtype=torch.long))
+
+
+def test_query_key_dtypes_raise_type_error():
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(TypeError, match=r"query.dtype=torch.float16 and key.dtype=torch.float32"):
+        qk_to_graph(q.half(), q, scaling=0.5)
+    with pytest.raises(TypeError, match=r"query must be a floating point tensor, got torch.int64"):
+        qk_to_graph(q.long(), q, scaling=0.5)
+    with pytest.raises(TypeError, match=r"key must be a floating point tensor, got torch.int32"):
+        qk_to_graph(q, q.int(), scaling=0.5)
+
+
+def _assert_empty(graph: AttentionGraph, batch_size: int, num_keys: int, dtype=torch.float32):
+    assert graph.edge_index.shape == (2, 0) and graph.edge_index.dtype == torch.long
+    assert graph.edge_weight.shape == (0,) and graph.edge_weight.dtype == dtype
+    assert graph.num_nodes == batch_size * num_keys == graph.batch.numel()
+    assert graph.to_dense().shape == (batch_size, num_keys, num_keys)
+    assert graph.to_pyg().num_graphs == batch_size
+
+
+@pytest.mark.parametrize("num_keys,offset", [(0, 0), (5, 0), (5, 5)])
+def test_zero_query_rows_give_an_empty_graph(num_keys, offset):
+    """T = 0 used to crash in torch.cat; now a valid graph without edges."""
+    query, key = torch.randn(2, 4, 0, 8), torch.randn(2, 2, num_keys, 8)
+    mask = torch.ones(2, num_keys, dtype=torch.long)
+    for chunk_size in (1, 256):
+        graph = qk_to_graph(query, key, scaling=0.5, attention_mask=mask, query_offset=offset,
+                            chunk_size=chunk_size, top_k=2)
+        _assert_empty(graph, 2, num_keys)
+        assert graph.query_offset == offset
+    _assert_empty(qk_to_graph(query.bfloat16(), key.bfloat16(), scaling=0.5), 2, num_keys,
+                  dtype=torch.bfloat16)
+    graph = attention_to_graph(torch.rand(2, 4, 0, num_keys), mask, query_offset=offset, top_k=2)
+    _assert_empty(graph, 2, num_keys)

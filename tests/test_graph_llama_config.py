@@ -77,3 +77,47 @@ def test_standard_attention_ignores_graph_only_shape_rules():
     config = GraphLlamaConfig(**{**BASE, "attention_type": "standard", "head_dim": 16,
                                  "gin_mlp_multiplier": 0.01})
     assert config.head_dim == 16
+
+
+# inherited Llama fields the graph models read (issue 8): (overrides, exception, message)
+INVALID_LLAMA = [
+    ({"num_attention_heads": 0}, ValueError, r"num_attention_heads must be an int >= 1, got 0"),
+    ({"num_attention_heads": -4}, ValueError, r"num_attention_heads must be an int >= 1, got -4"),
+    ({"vocab_size": 0}, ValueError, r"vocab_size must be an int >= 1, got 0"),
+    ({"vocab_size": "64"}, TypeError, r"vocab_size='64'"),
+    ({"hidden_size": 32.0}, TypeError, r"hidden_size=32.0"),
+    ({"intermediate_size": -1}, ValueError, r"intermediate_size must be an int >= 1, got -1"),
+    ({"num_hidden_layers": 0}, ValueError, r"num_hidden_layers must be an int >= 1, got 0"),
+    ({"num_key_value_heads": 0}, ValueError, r"num_key_value_heads must be an int >= 1, got 0"),
+    ({"num_key_value_heads": 3}, ValueError, r"num_attention_heads \(4\) .* num_key_value_heads \(3\)"),
+    ({"hidden_size": 30}, ValueError, r"hidden size \(30\) is not a multiple .* \(4\)"),
+    ({"attention_type": "standard", "head_dim": 0}, ValueError, r"head_dim must be an int >= 1, got 0"),
+    ({"max_position_embeddings": 0}, ValueError, r"max_position_embeddings must be an int >= 1, got 0"),
+    ({"rms_norm_eps": -1.0}, ValueError, r"rms_norm_eps must be a positive finite number, got -1.0"),
+    ({"rms_norm_eps": float("nan")}, ValueError, r"rms_norm_eps must be a positive finite number, got nan"),
+    ({"attention_dropout": float("nan")}, ValueError, r"attention_dropout must be None or in \[0, 1\), got nan"),
+    ({"attention_dropout": 1.0}, ValueError, r"attention_dropout must be None or in \[0, 1\), got 1.0"),
+    ({"initializer_range": 0.0}, ValueError, r"initializer_range must be a positive finite number, got 0.0"),
+    ({"initializer_range": -1.0}, ValueError, r"initializer_range=-1.0"),
+    ({"initializer_range": float("nan")}, ValueError, r"initializer_range=nan"),
+    ({"rope_theta": -1.0}, ValueError, r"rope_theta must be a positive finite number, got -1.0"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": float("inf")}}, ValueError,
+     r"rope_theta must be a positive finite number, got inf"),
+    ({"hidden_act": "swishy"}, ValueError, r"hidden_act must be one of .*'silu'.* got 'swishy'"),
+]
+
+
+@pytest.mark.parametrize("overrides,error,match", INVALID_LLAMA)
+def test_invalid_llama_fields_raise(overrides, error, match):
+    with pytest.raises(error, match=match):
+        GraphLlamaConfig(**{**BASE, **overrides})
+
+
+def test_valid_llama_fields_round_trip_through_from_pretrained(tmp_path):
+    config = GraphLlamaConfig(**BASE, rope_theta=500.0, hidden_act="gelu", attention_dropout=0.1,
+                              rms_norm_eps=1e-5, initializer_range=0.1, max_position_embeddings=16)
+    config.save_pretrained(tmp_path)
+    loaded = GraphLlamaConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.rope_parameters["rope_theta"] == 500.0 and loaded.hidden_act == "gelu"
+    assert GraphLlamaConfig(**BASE, attention_dropout=None).attention_dropout is None

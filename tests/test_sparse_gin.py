@@ -425,6 +425,46 @@ def test_second_adapter_and_4d_mask_rejected():
         adapted(ids, attention_mask=torch.ones(1, 1, 5, 5, dtype=torch.bool))
 
 
+def test_second_adapter_on_one_base_is_refused_and_first_keeps_working():
+    """A second get_sparse_gin_model / peft.get_peft_model on an adapted base used to
+    succeed and break both wrappers; now it is refused and the first is untouched."""
+    import peft
+
+    model = make_model("llama")
+    first = get_sparse_gin_model(model, adapter_config(epsilon=0.3))
+    ids = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        before = first(ids).logits
+    match = (r"this model already carries a Sparse-GIN adapter \(attached by "
+             r"SparseGinModel\(layers=\[0, 1\], model=LlamaForCausalLM\)\); call unload\(\)")
+    with pytest.raises(ValueError, match=match):
+        get_sparse_gin_model(model, adapter_config())
+    with pytest.raises(ValueError, match=match):
+        get_sparse_gin_model(first, adapter_config())  # the wrapper itself
+    with pytest.raises(ValueError, match=match):
+        peft.get_peft_model(model, adapter_config())
+    assert "peft_config" in model.__dict__ and model.peft_config is first.peft_config
+    with torch.no_grad():
+        assert torch.equal(first(ids).logits, before)
+    first.train()
+    first(ids, labels=ids).loss.backward()
+    grads = [p.grad for p in first.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    base = first.unload()
+    second = get_sparse_gin_model(base, adapter_config())  # a proper second adapter
+    assert second.graph_stats() == {} and second(ids).logits.shape == before.shape
+
+
+def test_unload_twice_raises():
+    adapted = get_sparse_gin_model(make_model("llama"), adapter_config())
+    base = adapted.unload()
+    with pytest.raises(ValueError, match=r"already unloaded: unload\(\) returned the base "
+                                         r"LlamaForCausalLM"):
+        adapted.unload()
+    assert not base._forward_hooks and base.config._attn_implementation == "sdpa"
+
+
 def test_cropped_cache_and_beam_search():
     adapted = get_sparse_gin_model(make_model("llama"), adapter_config(epsilon=0.5))
     ids = torch.randint(0, VOCAB, (1, 10))

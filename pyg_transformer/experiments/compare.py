@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import logging
+import os
 import statistics
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,16 @@ from pyg_transformer.experiments.pretrain import (
     run_pretrain,
 )
 from pyg_transformer.experiments.runner import ArmResult, TrainSettings, is_main_process
+from pyg_transformer.experiments.runs import (
+    experiment_config,
+    load_run,
+    prepare_output_dir,
+    run_dir,
+    write_json,
+    write_text,
+)
+
+logger = logging.getLogger(__name__)
 
 #: (results key, table header, format) of the summary table's columns
 METRICS = (
@@ -39,10 +51,11 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 def summarise(runs: dict[str, list[ArmResult]]) -> dict[str, dict[str, Any]]:
-    """Mean and std over seeds of every metric of :data:`METRICS`, per arm."""
+    """Mean and std over seeds of every metric of :data:`METRICS`, per arm, and the
+    arm's number of finished seeds (``"num_seeds"``)."""
     summary = {}
     for arm, results in runs.items():
-        summary[arm] = {}
+        summary[arm] = {"num_seeds": len(results)}
         for key, _, _ in METRICS:
             values = [getattr(r, key) for r in results if getattr(r, key) is not None]
             if values:
@@ -51,17 +64,22 @@ def summarise(runs: dict[str, list[ArmResult]]) -> dict[str, dict[str, Any]]:
 
 
 def markdown_table(summary: dict[str, dict[str, Any]], num_seeds: int) -> str:
-    """The comparison as a Markdown table (mean ± std over ``num_seeds`` seeds)."""
+    """The comparison as a Markdown table (mean ± std over ``num_seeds`` seeds).
+
+    An arm with fewer finished seeds (its ``"num_seeds"``, e.g. an interrupted
+    comparison) is labelled ``arm (k of num_seeds seeds)``.
+    """
     header = ["arm"] + [title for _, title, _ in METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm, metrics in summary.items():
-        cells = [arm]
+        finished = metrics.get("num_seeds", num_seeds)
+        cells = [arm if finished == num_seeds else f"{arm} ({finished} of {num_seeds} seeds)"]
         for key, _, fmt in METRICS:
             if key not in metrics:
                 cells.append("–")
                 continue
             mean, std = metrics[key]["mean"], metrics[key]["std"]
-            cells.append(fmt.format(mean) + (f" ± {fmt.format(std)}" if num_seeds > 1 else ""))
+            cells.append(fmt.format(mean) + (f" ± {fmt.format(std)}" if finished > 1 else ""))
         lines.append("| " + " | ".join(cells) + " |")
     note = f"mean ± std over {num_seeds} seeds" if num_seeds > 1 else "1 seed"
     return "\n".join(lines) + (f"\n\n({note}; perplexity and gap on held-out data; wall time "
@@ -85,6 +103,7 @@ def write_figures(runs: dict[str, list[ArmResult]], out_dir: Path) -> list[Path]
                                  for arm, results in runs.items()},
                                 out_dir / "generalization_gap.png"),
     ]
+    runs = {arm: results for arm, results in runs.items() if results}
     for arm, results in runs.items():
         first = results[0]
         if "lambda" in first.graph_parameters and first.graph_history:
@@ -98,54 +117,120 @@ def write_figures(runs: dict[str, list[ArmResult]], out_dir: Path) -> list[Path]
     return figures
 
 
-def compare(kind: str, arms: list[str], seeds: list[int], train: TrainSettings,
-            settings: FinetuneSettings | PretrainSettings, out_dir: str | Path) -> dict[str, Any]:
-    """Run ``arms`` x ``seeds`` with identical data, steps and seeds.
-
-    Writes ``results.json`` (every run with its log history, and the summary),
-    ``results.md`` (the table) and PNG figures into ``out_dir``; returns the results.
-    """
+def check_plan(kind: str, arms: list[str], seeds: list[int]) -> None:
+    """Raise ``ValueError`` for an unknown ``kind``, unknown or repeated arms, or seeds
+    that are not distinct non-negative ints."""
     allowed = {"finetune": FINETUNE_METHODS, "pretrain": PRETRAIN_ATTENTIONS}
     if kind not in allowed:
         raise ValueError(f"kind must be 'finetune' or 'pretrain', got {kind!r}")
     unknown = [a for a in arms if a not in allowed[kind]]
     if not arms or unknown:
         raise ValueError(f"arms must be a non-empty subset of {allowed[kind]}, got {arms!r}")
-    if not seeds:
-        raise ValueError("seeds must not be empty")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if len(set(arms)) < len(arms):
+        raise ValueError(f"arms must not repeat, got {list(arms)!r}")
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of ints >= 0, got {seeds!r}")
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds must not repeat, got {list(seeds)!r}")
 
-    runs: dict[str, list[ArmResult]] = {arm: [] for arm in arms}
-    base = load_base_model(settings.model) if kind == "finetune" else None
+
+def iter_runs(kind: str, arms: list[str], seeds: list[int], train: TrainSettings,
+              settings: FinetuneSettings | PretrainSettings, out_dir: str | os.PathLike, *,
+              overwrite: bool = False, callbacks=None) -> Iterator[ArmResult]:
+    """Train every (arm, seed) run into ``out_dir/runs/<arm>-seed<seed>/``, or resume it.
+
+    Yields each run's :class:`ArmResult` as soon as the run is finished and saved
+    (seed by seed, arms in order). Before anything is trained, ``out_dir`` is checked and
+    its ``experiment.json`` compared with this configuration
+    (:func:`~pyg_transformer.experiments.runs.prepare_output_dir`): a run whose folder is
+    complete is loaded from its ``result.json`` instead of being trained again, and a
+    folder of another configuration is refused unless ``overwrite`` (which removes its
+    runs and results first). ``callbacks`` go to every run's Trainer.
+
+    Raises:
+        ValueError: a bad plan (see :func:`check_plan`), an unwritable ``out_dir`` or one
+            holding runs of another configuration.
+    """
+    check_plan(kind, arms, seeds)
+    out = prepare_output_dir(out_dir, experiment_config(kind, train, settings),
+                             overwrite=overwrite)
+    base = None
     for seed in seeds:
-        seed_train = TrainSettings(**{**asdict(train), "seed": seed})
-        if kind == "finetune":
-            datasets = load_finetune_data(settings, base[1], seed)
-        else:
-            datasets = load_pretrain_data(settings, seed)
+        datasets = None
         for arm in arms:
-            seed_train.output_dir = str(out_dir / "runs" / f"{arm}-seed{seed}")
-            if kind == "finetune":
-                result = run_finetune(arm, settings, seed_train, datasets=datasets, base=base)
+            directory = run_dir(out, arm, seed)
+            result = None if overwrite else load_run(directory, kind)
+            if result is not None:
+                logger.info("resuming: %s already finished, loaded from %s",
+                            directory.name, directory)
+                yield result
+                continue
+            run_train = replace(train, seed=seed, output_dir=str(directory))
+            if kind == "finetune":  # the base model and a seed's data load once, if needed
+                if base is None:
+                    base = load_base_model(settings.model)
+                if datasets is None:
+                    datasets = load_finetune_data(settings, base[1], seed)
+                yield run_finetune(arm, settings, run_train, datasets=datasets, base=base,
+                                   callbacks=callbacks)
             else:
-                result = run_pretrain(arm, settings, seed_train, datasets=datasets)
-            runs[arm].append(result)
+                if datasets is None:
+                    datasets = load_pretrain_data(settings, seed)
+                yield run_pretrain(arm, settings, run_train, datasets=datasets,
+                                   callbacks=callbacks)
 
+
+def compare(kind: str, arms: list[str], seeds: list[int], train: TrainSettings,
+            settings: FinetuneSettings | PretrainSettings, out_dir: str | os.PathLike, *,
+            overwrite: bool = False, callbacks=None) -> dict[str, Any]:
+    """Run ``arms`` x ``seeds`` with identical data, steps and seeds.
+
+    Every run is saved as soon as it finishes (see :func:`iter_runs`: its
+    ``result.json`` and weights in ``out_dir/runs/<arm>-seed<seed>/``), and
+    ``results.json`` (every finished run with its log history, and the summary) and
+    ``results.md`` (the table) are rewritten atomically after each run, so an interrupted
+    comparison keeps everything it finished; running it again resumes. PNG figures follow
+    once all runs are done. ``train.seed`` and ``train.output_dir`` are replaced per run;
+    ``callbacks`` (:class:`transformers.TrainerCallback`) go to every run's Trainer.
+    Returns the results (with ``"table"`` and ``"figures"``).
+
+    Raises:
+        ValueError: a bad plan, an unwritable ``out_dir`` or one holding runs of another
+            configuration (unless ``overwrite``, which replaces them).
+    """
+    out = Path(out_dir)
+    runs: dict[str, list[ArmResult]] = {arm: [] for arm in arms}
+    for result in iter_runs(kind, arms, seeds, train, settings, out, overwrite=overwrite,
+                            callbacks=callbacks):
+        runs[result.arm].append(result)
+        if is_main_process():  # under torchrun every rank trains; rank 0 reports
+            results = write_results(out, kind, seeds, train, settings, runs)
+    if not is_main_process():
+        return {"summary": summarise(runs), "table": "", "figures": []}
+    results["figures"] = [str(p) for p in write_figures(runs, out)]
+    return results
+
+
+def write_results(out_dir: Path, kind: str, seeds: list[int], train: TrainSettings,
+                  settings: FinetuneSettings | PretrainSettings,
+                  runs: dict[str, list[ArmResult]]) -> dict[str, Any]:
+    """Replace ``results.json`` and ``results.md`` with the runs finished so far.
+
+    ``results.json`` holds the configuration (``kind``, ``arms``, ``seeds``,
+    ``train_settings``, ``settings``), ``complete`` (whether every arm has every seed), the
+    summary and every run; returns it with the table under ``"table"``.
+    """
     summary = summarise(runs)
-    if not is_main_process():  # under torchrun every rank trains; rank 0 reports
-        return {"summary": summary, "table": "", "figures": []}
     results = {
-        "kind": kind,
+        **experiment_config(kind, train, settings),
+        "arms": list(runs),
         "seeds": list(seeds),
-        "train_settings": asdict(train),
-        "settings": asdict(settings),
+        "complete": all(len(r) == len(seeds) for r in runs.values()),
         "summary": summary,
         "runs": {arm: [r.to_dict() for r in results] for arm, results in runs.items()},
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    results["train_settings"] = results.pop("train")
+    write_json(out_dir / "results.json", results)
     table = markdown_table(summary, len(seeds))
-    (out_dir / "results.md").write_text(table)
-    results["table"] = table
-    results["figures"] = [str(p) for p in write_figures(runs, out_dir)]
-    return results
+    write_text(out_dir / "results.md", table)
+    return {**results, "table": table}

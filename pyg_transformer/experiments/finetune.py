@@ -6,12 +6,16 @@ import copy
 import os
 from dataclasses import dataclass
 
+from transformers import set_seed
+
 from pyg_transformer.experiments.runner import (
     ArmResult,
     TrainSettings,
     check_int_fields,
+    is_main_process,
     train_arm,
 )
+from pyg_transformer.experiments.runs import save_run
 
 FINETUNE_METHODS = ("sparse-gin", "lora")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -49,15 +53,37 @@ class FinetuneSettings:
 
 
 def load_base_model(name: str):
-    """``(model, tokenizer)`` for ``"smollm2"`` or a local Hugging Face folder (offline)."""
+    """``(model, tokenizer)`` for ``"smollm2"`` or a local Hugging Face folder (offline).
+
+    Raises:
+        FileNotFoundError: ``name`` is not ``"smollm2"`` nor an existing folder.
+        ValueError: the folder holds no weights, or transformers cannot load a causal LM
+            and its tokenizer from it.
+    """
     if name == "smollm2":
         from pyg_transformer.data import load_smollm2
 
         return load_smollm2()
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import (
+        SAFE_WEIGHTS_INDEX_NAME,
+        SAFE_WEIGHTS_NAME,
+        WEIGHTS_INDEX_NAME,
+        WEIGHTS_NAME,
+    )
 
-    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True)
+    if not os.path.isdir(name):
+        raise FileNotFoundError(f"model must be 'smollm2' or an existing model folder, "
+                                f"got {name!r}")
+    weights = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+    if not any(os.path.isfile(os.path.join(name, file)) for file in weights):
+        raise ValueError(f"model folder {name!r} holds no weights (none of {', '.join(weights)})")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"cannot load a causal LM and its tokenizer from {name!r}: "
+                         f"{error}") from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
@@ -97,12 +123,17 @@ def wrap_model(method: str, model, settings: FinetuneSettings):
 
 
 def run_finetune(method: str, settings: FinetuneSettings, train: TrainSettings,
-                 datasets=None, base=None) -> ArmResult:
-    """Fine-tune one arm and evaluate it on the held-out split.
+                 datasets=None, base=None, callbacks=None) -> ArmResult:
+    """Fine-tune one arm, evaluate it on the held-out split and save it.
+
+    The adapter (``save_pretrained``: ``adapter_config.json`` +
+    ``adapter_model.safetensors``, loadable with ``peft.PeftModel.from_pretrained``) and
+    ``result.json`` (the returned :class:`ArmResult`) replace the folder
+    ``train.output_dir``; under torchrun only rank 0 writes.
 
     ``base = (model, tokenizer)`` and ``datasets`` (built with that tokenizer by
     :func:`load_finetune_data`) may be passed to share them across arms; the arm trains a
-    deep copy of ``model``, which stays untouched.
+    deep copy of ``model``, which stays untouched. ``callbacks`` go to the Trainer.
     """
     if base is None:
         model, tokenizer = load_base_model(settings.model)
@@ -110,5 +141,9 @@ def run_finetune(method: str, settings: FinetuneSettings, train: TrainSettings,
         model, tokenizer = copy.deepcopy(base[0]), base[1]
     if datasets is None:
         datasets = load_finetune_data(settings, tokenizer, train.seed)
+    set_seed(train.seed)  # the adapter's initialisation depends on the seed alone
     model = wrap_model(method, model, settings)
-    return train_arm(method, model, tokenizer, datasets, train)
+    result = train_arm(method, model, tokenizer, datasets, train, callbacks=callbacks)
+    if is_main_process():
+        save_run(train.output_dir, result, model)
+    return result

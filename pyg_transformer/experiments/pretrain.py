@@ -9,8 +9,10 @@ from pyg_transformer.experiments.runner import (
     ArmResult,
     TrainSettings,
     check_int_fields,
+    is_main_process,
     train_arm,
 )
+from pyg_transformer.experiments.runs import save_run
 
 PRETRAIN_ATTENTIONS = ("gin", "pna", "standard")
 
@@ -103,8 +105,16 @@ def build_matched_config(attention: str, settings: PretrainSettings, tokenizer,
 
 
 def run_pretrain(attention: str, settings: PretrainSettings, train: TrainSettings,
-                 datasets=None, tokenizer=None) -> ArmResult:
-    """Train one arm from scratch; pass ``datasets``/``tokenizer`` to share them across arms."""
+                 datasets=None, tokenizer=None, callbacks=None) -> ArmResult:
+    """Train one arm from scratch, evaluate it on the held-out split and save it.
+
+    The model and its tokenizer (``save_pretrained``: ``config.json`` +
+    ``model.safetensors`` + tokenizer files, loadable with ``AutoModelForCausalLM`` /
+    ``AutoTokenizer.from_pretrained``) and ``result.json`` (the returned
+    :class:`ArmResult`) replace the folder ``train.output_dir``; under torchrun only rank 0
+    writes. Pass ``datasets``/``tokenizer`` to share them across arms; ``callbacks`` go to
+    the Trainer.
+    """
     from transformers import set_seed
 
     from pyg_transformer.data import train_char_tokenizer
@@ -118,4 +128,8 @@ def run_pretrain(attention: str, settings: PretrainSettings, train: TrainSetting
     set_seed(train.seed)
     config = build_matched_config(attention, settings, tokenizer, train.max_length)
     model = GraphLlamaForCausalLM(config)
-    return train_arm(attention, model, tokenizer, datasets, train, text_column="text")
+    result = train_arm(attention, model, tokenizer, datasets, train, text_column="text",
+                       callbacks=callbacks)
+    if is_main_process():
+        save_run(train.output_dir, result, model, tokenizer)
+    return result

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from pyg_transformer.training import (
     GraphParameterCallback,
@@ -52,7 +52,9 @@ class TrainSettings:
         exact_match_size: held-out problems scored by greedy generation (``0``: skip).
         max_new_tokens: generation budget per problem for exact match.
         seed: seed of initialisation, data order and dropout.
-        output_dir: where the Trainer writes (checkpoints are not saved).
+        output_dir: the run's folder: :func:`~pyg_transformer.experiments.run_finetune` and
+            :func:`~pyg_transformer.experiments.run_pretrain` write its final weights and
+            ``result.json`` there (the Trainer saves no intermediate checkpoints).
         bf16: train under bfloat16 autocast.
     """
 
@@ -98,6 +100,11 @@ class ArmResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArmResult:
+        """The result that :meth:`to_dict` wrote (e.g. a run's ``result.json``)."""
+        return cls(**data)
+
 
 def is_main_process() -> bool:
     """``True`` outside torchrun/accelerate and on rank 0 inside them."""
@@ -124,12 +131,14 @@ def train_arm(
     settings: TrainSettings,
     *,
     text_column: str | None = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> ArmResult:
     """Train ``model`` on ``datasets["train"]``, evaluate on ``datasets["test"]``.
 
     ``text_column=None`` trains on ``prompt``/``completion`` pairs (loss on the completion,
     fine-tuning); a column name trains on whole texts (pre-training). Exact match is scored
-    on the held-out ``prompt``/``answer`` pairs when the split has them.
+    on the held-out ``prompt``/``answer`` pairs when the split has them. ``callbacks`` are
+    added to the Trainer's (e.g. to stop or observe training).
     """
     set_seed(settings.seed)
     collator = PromptCompletionCollator(tokenizer, max_length=settings.max_length)
@@ -162,7 +171,7 @@ def train_arm(
         label_names=["labels"],  # adapter wrappers hide `labels` from the signature
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                      data_collator=collator, callbacks=[graph_callback])
+                      data_collator=collator, callbacks=[graph_callback, *(callbacks or [])])
     start = time.perf_counter()
     trainer.train()
     evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]

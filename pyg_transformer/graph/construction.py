@@ -13,6 +13,7 @@ positions neither send nor receive edges.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -29,6 +30,10 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _is_positive_finite(value) -> bool:
+    return _is_number(value) and 0 < value < math.inf
+
+
 def check_graph_options(
     *,
     head_reduction: str = "sum",
@@ -40,25 +45,29 @@ def check_graph_options(
 ) -> None:
     """Validate the sparsification options shared by every graph builder.
 
+    Every number must be finite: ``clamp=inf`` is refused (``None`` is the spelling of
+    "no clamp"), as are an infinite ``sharpen_tau`` or ``threshold`` (both would remove
+    every edge).
+
     Raises:
-        ValueError: naming the offending argument.
+        ValueError: naming the offending argument and value.
     """
     if head_reduction not in HEAD_REDUCTIONS:
         raise ValueError(
             f"head_reduction must be one of {HEAD_REDUCTIONS}, got {head_reduction!r}"
         )
-    if clamp is not None and (not _is_number(clamp) or not clamp > 0):
-        raise ValueError(f"clamp must be a positive number or None, got {clamp!r}")
-    if sharpen_alpha is not None and (
-        not _is_number(sharpen_alpha) or not 0 < sharpen_alpha < float("inf")
-    ):
+    if clamp is not None and not _is_positive_finite(clamp):
+        raise ValueError(
+            f"clamp must be a positive finite number or None (no clamp), got {clamp!r}"
+        )
+    if sharpen_alpha is not None and not _is_positive_finite(sharpen_alpha):
         raise ValueError(
             f"sharpen_alpha must be a positive finite number or None, got {sharpen_alpha!r}"
         )
-    if not _is_number(sharpen_tau) or sharpen_tau != sharpen_tau:
+    if not _is_number(sharpen_tau) or not math.isfinite(sharpen_tau):
         raise ValueError(f"sharpen_tau must be a finite number, got {sharpen_tau!r}")
-    if not _is_number(threshold) or not threshold >= 0:
-        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+    if not _is_number(threshold) or not 0 <= threshold < math.inf:
+        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
     if sharpen_alpha is not None and not threshold < 1:
         raise ValueError(
             f"threshold must lie in [0, 1) after sigmoid sharpening, got {threshold!r}"
@@ -90,10 +99,39 @@ def _check_external(external: Tensor | None, batch_size: int, num_queries: int,
         return
     if not isinstance(external, Tensor):
         raise TypeError(f"external must be a tensor, got {type(external).__name__}")
+    if not external.is_floating_point():
+        raise TypeError(f"external must be a floating point tensor, got {external.dtype}")
     if external.shape != (batch_size, num_queries, num_keys):
         raise ValueError(
             f"external must have shape [B, Tq, Tk] = [{batch_size}, {num_queries}, "
             f"{num_keys}], got {tuple(external.shape)}"
+        )
+
+
+def _sum_is_finite(tensor: Tensor) -> bool:
+    dtype = torch.float32 if tensor.dtype == torch.float16 else None
+    return bool(torch.isfinite(tensor.detach().sum(dtype=dtype)))
+
+
+def _check_finite(name: str, tensor: Tensor, where: Tensor | None = None,
+                  positions: str = "causal, non-padding positions") -> None:
+    """Raise if ``tensor`` holds NaN or +-inf where the bool mask ``where`` (broadcast to
+    ``tensor``; ``None``: everywhere) is set.
+
+    Fast path: a finite ``tensor.sum()`` proves every entry finite (NaN and inf propagate
+    through a sum), one reduction without a ``[numel]`` bool buffer (~10x cheaper than
+    ``isfinite(tensor).all()`` on CPU). Only a non-finite sum (or an overflowing one: float16
+    sums in float32) reads the entries and ``where``."""
+    if _sum_is_finite(tensor):
+        return
+    bad = ~torch.isfinite(tensor)
+    if where is not None:
+        bad = bad & where
+    if bool(bad.any()):
+        index = bad.nonzero()[0].tolist()
+        value = tensor[tuple(index)].item()
+        raise ValueError(
+            f"{name} must be finite at {positions}, got {value} at {name}{index}"
         )
 
 
@@ -230,7 +268,12 @@ def attention_to_graph(
             clamping and sharpening (SPEC §5); causality and padding still apply.
 
     Returns:
-        An :class:`AttentionGraph` with ``B * Tk`` nodes.
+        An :class:`AttentionGraph` with ``B * Tk`` nodes (no edges when ``Tq = 0``).
+
+    Raises:
+        TypeError: ``attn`` or ``external`` is not a floating point tensor.
+        ValueError: a bad shape or option, or NaN/inf in ``attn`` or ``external`` at a
+            causal, non-padding position (other entries are never read).
     """
     if not isinstance(attn, Tensor):
         raise TypeError(f"attn must be a tensor, got {type(attn).__name__}")
@@ -252,16 +295,17 @@ def attention_to_graph(
     _check_query_offset(query_offset, num_queries, num_keys)
     mask = _check_attention_mask(attention_mask, batch_size, num_keys)
     _check_external(external, batch_size, num_queries, num_keys)
+    positions = torch.arange(query_offset, query_offset + num_queries, device=attn.device)
+    valid = causal_valid_mask(batch_size, positions, num_keys, mask)
+    _check_finite("attn", attn, valid[:, None] if attn.dim() == 4 else valid)
+    if external is not None:
+        _check_finite("external", external, valid)
     if detach:
         attn = attn.detach()
         external = None if external is None else external.detach()
     reduced = _reduce_heads(attn, head_reduction) if attn.dim() == 4 else attn
     if external is not None:
         reduced = reduced + external.to(reduced.dtype)
-    positions = torch.arange(query_offset, query_offset + num_queries, device=attn.device)
-    valid = causal_valid_mask(batch_size, positions, num_keys, mask)
-    if torch.isnan(reduced.masked_fill(~valid, 0)).any():
-        raise ValueError("attn contains NaN at a causal, non-padding position")
     edge_index, edge_weight = _sparsify_rows(
         reduced,
         valid,
@@ -314,6 +358,16 @@ def qk_to_graph(
         head_reduction: as in :func:`attention_to_graph`; so are ``clamp``,
             ``sharpen_alpha``, ``sharpen_tau``, ``threshold``, ``top_k``,
             ``query_offset`` and ``external``.
+
+    Returns:
+        An :class:`AttentionGraph` with ``B * Tk`` nodes (no edges when ``Tq = 0``).
+
+    Raises:
+        TypeError: ``query`` or ``key`` is not a floating point tensor, their dtypes
+            differ, or ``external`` is not floating point.
+        ValueError: a bad shape or option, ``scaling`` not a positive finite number,
+            NaN/inf in ``query`` or ``key`` at a non-padding token, or in ``external``
+            at a causal, non-padding position.
     """
     for name, tensor in (("query", query), ("key", key)):
         if not isinstance(tensor, Tensor):
@@ -322,6 +376,13 @@ def qk_to_graph(
             raise ValueError(
                 f"{name} must have shape [B, heads, T, d], got {tuple(tensor.shape)}"
             )
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name} must be a floating point tensor, got {tensor.dtype}")
+    if query.dtype != key.dtype:
+        raise TypeError(
+            f"query and key must have the same dtype, got query.dtype={query.dtype} and "
+            f"key.dtype={key.dtype}"
+        )
     batch_size, num_heads, num_queries, head_dim = query.shape
     if key.size(0) != batch_size or key.size(-1) != head_dim:
         raise ValueError(
@@ -334,8 +395,8 @@ def qk_to_graph(
             f"the number of query heads ({num_heads}) must be a multiple of the number "
             f"of key heads ({num_kv_heads})"
         )
-    if not _is_number(scaling) or not scaling > 0:
-        raise ValueError(f"scaling must be a positive number, got {scaling!r}")
+    if not _is_positive_finite(scaling):
+        raise ValueError(f"scaling must be a positive finite number, got {scaling!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     check_graph_options(
@@ -349,6 +410,16 @@ def qk_to_graph(
     _check_query_offset(query_offset, num_queries, num_keys)
     mask = _check_attention_mask(attention_mask, batch_size, num_keys)
     _check_external(external, batch_size, num_queries, num_keys)
+    # NaN/inf only matter where a real token reads or is read (every key is causally
+    # visible to the last query row); one sum per tensor when all is finite
+    real = None if mask is None else mask[:, None, :, None]
+    _check_finite("key", key, real, positions="non-padding positions")
+    _check_finite("query", query, None if real is None else
+                  real[:, :, query_offset : query_offset + num_queries],
+                  positions="non-padding positions")
+    if external is not None and not _sum_is_finite(external):
+        rows = torch.arange(query_offset, query_offset + num_queries, device=query.device)
+        _check_finite("external", external, causal_valid_mask(batch_size, rows, num_keys, mask))
     options = dict(
         clamp=clamp,
         sharpen_alpha=sharpen_alpha,
@@ -399,6 +470,9 @@ def qk_to_graph(
                 )
             edge_indices.append(edge_index)
             edge_weights.append(edge_weight)
+    if not edge_indices:  # Tq = 0: no query row, no edge
+        edge_indices.append(torch.empty(2, 0, dtype=torch.long, device=query.device))
+        edge_weights.append(query.new_empty(0))
     edge_index = torch.cat(edge_indices, dim=1)
     edge_weight = torch.cat(edge_weights)
     if len(edge_indices) > 1:  # chunk-major -> the (batch, query, key) order of one pass

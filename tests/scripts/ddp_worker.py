@@ -64,3 +64,8 @@ def main(out_dir):
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # tear gloo down before the interpreter exits: its threads otherwise outlive the
+    # process group and abort one rank at exit now and then ("terminate called ...")
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -25,7 +25,9 @@ def get_sparse_gin_model(
         adapter_name: the adapter's name.
 
     Raises:
-        ValueError: for an unsupported model or invalid configuration.
+        ValueError: for an unsupported model, an invalid configuration or a model that
+            already carries a Sparse-GIN adapter (``unload()`` that one first); ``model``
+            is left unmodified then.
     """
     if not isinstance(config, SparseGinConfig):
         raise TypeError(f"config must be a SparseGinConfig, got {type(config).__name__}")

@@ -30,6 +30,8 @@ ATTENTION_NAME = "sparse_gin"
 
 # attention module -> callback(module, query, key, kwargs) of the adapter owning it
 _CAPTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# attention module -> weak reference to the adapter (SparseGinModel) owning it
+_OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # id(model config) -> name of the attention implementation the model had before
 _PREVIOUS: dict[int, str] = {}
 
@@ -76,12 +78,22 @@ def register_attention() -> None:
     AttentionMaskInterface.register(ATTENTION_NAME, sparse_gin_mask)
 
 
-def set_capture(module: torch.nn.Module, callback: Callable | None) -> None:
-    """Route the queries/keys of attention ``module`` to ``callback`` (``None``: stop)."""
+def set_capture(module: torch.nn.Module, callback: Callable | None, owner=None) -> None:
+    """Route the queries/keys of attention ``module`` to ``callback`` of adapter ``owner``
+    (``callback=None``: stop)."""
     if callback is None:
         _CAPTURES.pop(module, None)
+        _OWNERS.pop(module, None)
     else:
         _CAPTURES[module] = callback
+        _OWNERS[module] = weakref.ref(owner)
+
+
+def capture_owner(module: torch.nn.Module):
+    """The adapter whose capture is attached to attention ``module`` (``None``: none; the
+    callback keeps its adapter alive, so a registered owner is never collected)."""
+    ref = _OWNERS.get(module)
+    return ref() if ref is not None else None
 
 
 def set_previous_implementation(config, name: str | None) -> None:

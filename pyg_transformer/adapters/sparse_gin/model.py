@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
+import json
 import os
+import shutil
+import tempfile
 import textwrap
 import weakref
 from contextlib import contextmanager
@@ -115,6 +119,18 @@ def _check_residual_merge(layer: nn.Module, attn_name: str) -> str | None:
     raise error
 
 
+def _check_not_adapted(model: nn.Module) -> None:
+    """Refuse a model whose attention blocks already report to a Sparse-GIN adapter."""
+    _, layers, attn_name = find_decoder_layers(model)
+    owners = {capture.capture_owner(getattr(layer, attn_name)) for layer in layers} - {None}
+    if owners:
+        raise ValueError(
+            f"this model already carries a Sparse-GIN adapter (attached by "
+            f"{next(iter(owners))!r}); call unload() on that adapter first, or load the "
+            "saved adapter onto a fresh base model"
+        )
+
+
 def _check_attention_interface(model: nn.Module, attention: nn.Module) -> None:
     try:
         source = inspect.getsource(type(attention).forward)
@@ -198,6 +214,9 @@ class SparseGinModel(BaseTuner):
         if not isinstance(config, SparseGinConfig):
             raise TypeError(f"config must be a SparseGinConfig, got {type(config).__name__}")
         config.validate()
+        # before BaseTuner.__init__, which would add this config to the peft_config dict the
+        # adapter already attached to ``model`` shares with it
+        _check_not_adapted(model)
         super().__init__(model, peft_config, adapter_name, low_cpu_mem_usage, state_dict)
 
     # -- peft tuner interface ------------------------------------------------------------
@@ -241,8 +260,10 @@ class SparseGinModel(BaseTuner):
         (called by the constructor; peft's tuner interface).
 
         Raises:
-            ValueError: for an unsupported model, out-of-range ``target_layers`` or a
-                second adapter.
+            ValueError: for an unsupported model, out-of-range ``target_layers``, a
+                second adapter, a model that already carries a Sparse-GIN adapter, or a
+                ``state_dict`` (checkpoint weights to check) that does not fit the model.
+                Nothing of ``model`` is modified then.
         """
         if "sparse_gin_layers" in self._modules:
             raise ValueError(
@@ -274,6 +295,8 @@ class SparseGinModel(BaseTuner):
             layer = SparseGinLayer(idx, hidden_size)
             layer.update_layer(adapter_name, config, scale, max_seq_len=max_len)
             self.sparse_gin_layers[str(idx)] = layer.to(param.device)
+        if state_dict is not None:  # checkpoint weights: refuse them before attaching
+            self._check_adapter_state(state_dict)
 
         # plain attributes, not submodules: the base model's modules are not the adapter's
         object.__setattr__(self, "_backbone", backbone)
@@ -288,6 +311,7 @@ class SparseGinModel(BaseTuner):
         self._cache_ref = None
         self._hooks = []
         self._attach(model)
+        self._fresh = True  # no forward, no weight load yet: see _remap_adapter_state_dict_for_load
         self._requires_grad_before = {n: p.requires_grad for n, p in model.named_parameters()}
         self._mark_only_adapters_as_trainable(model)
         self._expose_base_signature(model)
@@ -341,7 +365,7 @@ class SparseGinModel(BaseTuner):
             self._hooks.append(reader.register_forward_pre_hook(
                 self._make_residual_hook(adapter), with_kwargs=True))
             self._hooks.append(attention.register_forward_hook(self._make_merge_hook(adapter)))
-            capture.set_capture(attention, self._make_capture(adapter))
+            capture.set_capture(attention, self._make_capture(adapter), owner=self)
 
     def _detach(self) -> None:
         for handle in self._hooks:
@@ -367,6 +391,7 @@ class SparseGinModel(BaseTuner):
             )
         self._padding_mask = mask.bool() if isinstance(mask, Tensor) else None
         self._step = None
+        self._fresh = False
         owner = self._cache_ref() if self._cache_ref is not None else None
         past = cache.get_seq_length() if cache is not None else 0
         if cache is None or cache is not owner or past == 0:
@@ -556,7 +581,16 @@ class SparseGinModel(BaseTuner):
             layer.enable_adapters(enabled)
 
     def unload(self) -> nn.Module:
-        """Remove every hook and adapter and return the untouched base model."""
+        """Remove every hook and adapter and return the untouched base model.
+
+        Raises:
+            ValueError: if this adapter was already unloaded.
+        """
+        if "sparse_gin_layers" not in self._modules:
+            raise ValueError(
+                f"this Sparse-GIN adapter was already unloaded: unload() returned the base "
+                f"{type(self.model).__name__}, which carries no adapter any more"
+            )
         self._detach()
         for name, param in self.model.named_parameters():
             param.requires_grad_(self._requires_grad_before.get(name, param.requires_grad))
@@ -615,25 +649,79 @@ class SparseGinModel(BaseTuner):
             ])
         return out
 
-    def adapter_state_dict(self) -> dict[str, Tensor]:
-        """The adapter weights with peft's checkpoint keys (``base_model.sparse_gin_layers...``)."""
-        state = get_peft_model_state_dict(self, adapter_name=self.active_adapter)
+    def adapter_state_dict(
+        self, state_dict: dict[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """The adapter weights with peft's checkpoint keys (``base_model.sparse_gin_layers...``),
+        taken from ``state_dict`` (a full ``self.state_dict()``) when given."""
+        state = get_peft_model_state_dict(
+            self, state_dict=state_dict, adapter_name=self.active_adapter
+        )
         return {SAVED_KEY_PREFIX + k: v.detach().contiguous() for k, v in state.items()}
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (peft layout)."""
-        os.makedirs(save_directory, exist_ok=True)
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        overwrite: bool = False,
+        *,
+        state_dict: dict[str, Tensor] | None = None,
+        safe_serialization: bool = True,
+        is_main_process: bool = True,
+    ) -> None:
+        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (peft layout).
+
+        The save is atomic per file and ordered: both files are written to a temporary
+        folder inside ``save_directory`` first, then moved into place with
+        :func:`os.replace`, weights before config, so a failed save leaves the previous
+        files untouched and never a new config beside old weights.
+
+        Saving the same configuration again replaces the weights, as peft does. A folder
+        that already holds an adapter of another configuration (another peft method or
+        different fields) is refused unless ``overwrite=True``.
+
+        Args:
+            save_directory: folder to write to (created if missing).
+            overwrite: replace an adapter of another configuration.
+            state_dict: a full ``self.state_dict()`` to take the adapter weights from
+                (``Trainer`` style); default: the current weights.
+            safe_serialization: accepted for peft/``Trainer`` compatibility; the weights
+                are always written as safetensors.
+            is_main_process: if ``False`` (non-main distributed ranks) nothing is written.
+
+        Raises:
+            ValueError: ``save_directory`` is a file, or holds an adapter of another
+                configuration and ``overwrite`` is ``False``.
+        """
+        if not is_main_process:
+            return
+        if os.path.isfile(save_directory):
+            raise ValueError(
+                f"save_directory must be a directory, got the file {str(save_directory)!r}"
+            )
         config = self.peft_config[self.active_adapter]
         if config.base_model_name_or_path is None:
             config.base_model_name_or_path = getattr(self.model, "name_or_path", None)
+        config_path = os.path.join(save_directory, CONFIG_NAME)
+        weights = self.adapter_state_dict(state_dict)
         inference_mode = config.inference_mode
-        config.inference_mode = True
-        config.save_pretrained(save_directory)
-        config.inference_mode = inference_mode
-        save_file(
-            self.adapter_state_dict(), os.path.join(save_directory, WEIGHTS_NAME),
-            metadata={"format": "pt"},
-        )
+        config.inference_mode = True  # as peft writes it
+        staging = None
+        try:
+            if not overwrite and os.path.exists(config_path):
+                new = json.loads(json.dumps(config.to_dict(), default=list))
+                _check_same_adapter_config(config_path, new)
+            os.makedirs(save_directory, exist_ok=True)
+            staging = tempfile.mkdtemp(dir=save_directory, prefix=".sparse_gin_save.")
+            save_file(weights, os.path.join(staging, WEIGHTS_NAME), metadata={"format": "pt"})
+            config.save_pretrained(staging)
+            # weights first: an interruption between the two leaves the old config
+            os.replace(os.path.join(staging, WEIGHTS_NAME),
+                       os.path.join(save_directory, WEIGHTS_NAME))
+            os.replace(os.path.join(staging, CONFIG_NAME), config_path)
+        finally:
+            config.inference_mode = inference_mode
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
 
     @classmethod
     def from_pretrained(
@@ -643,11 +731,17 @@ class SparseGinModel(BaseTuner):
         is_trainable: bool = False,
         adapter_name: str = "default",
     ) -> SparseGinModel:
-        """Attach the adapter saved in directory ``model_id`` to ``model``."""
+        """Attach the adapter saved in directory ``model_id`` to ``model``.
+
+        Raises:
+            ValueError: if the saved weights do not fit ``model`` (another hidden size,
+                other decoder layers); ``model`` is left unmodified then.
+        """
         config = SparseGinConfig.from_pretrained(str(model_id))
         config.inference_mode = not is_trainable
-        adapted = cls(model, config, adapter_name)
-        adapted.load_adapter_weights(load_file(os.path.join(model_id, WEIGHTS_NAME)))
+        state_dict = load_file(os.path.join(model_id, WEIGHTS_NAME))
+        adapted = cls(model, config, adapter_name, state_dict=state_dict)  # checked first
+        adapted.load_adapter_weights(state_dict)
         if not is_trainable:
             adapted.eval()
         return adapted
@@ -656,30 +750,137 @@ class SparseGinModel(BaseTuner):
         """Load weights saved by :meth:`save_pretrained` (or peft) into the adapter.
 
         Raises:
-            ValueError: on missing or unexpected keys.
+            ValueError: on missing or unexpected keys or shapes that do not fit (nothing
+                is loaded then).
         """
         adapter = self.active_adapter
+        self._check_adapter_state(state_dict)
         expected = {
             self._remove_adapter_name_from_key(f"sparse_gin_layers.{k}", adapter): k
             for k in self.sparse_gin_layers.state_dict()
         }
+        with torch.no_grad():
+            own = self.sparse_gin_layers.state_dict(keep_vars=True)
+            for key, tensor in state_dict.items():
+                own[expected[key.removeprefix(SAVED_KEY_PREFIX)]].copy_(tensor)
+        self._fresh = False
+
+    def _check_adapter_state(self, state_dict: dict[str, Tensor],
+                             partial: bool = False) -> None:
+        """Check checkpoint weights (keys as saved, ``base_model.`` prefix optional)
+        against the adapter's own: same adapted decoder layers, keys and shapes
+        (``partial``: keys missing inside an adapted layer are allowed, as peft allows).
+
+        Raises:
+            ValueError: naming the layers, or the key and both shapes, that differ.
+        """
+        adapter = self.active_adapter
+        own = {
+            self._remove_adapter_name_from_key(f"sparse_gin_layers.{k}", adapter): v
+            for k, v in self.sparse_gin_layers.state_dict().items()
+        }
         given = {k.removeprefix(SAVED_KEY_PREFIX): v for k, v in state_dict.items()}
-        missing, unexpected = set(expected) - set(given), set(given) - set(expected)
-        if missing or unexpected:
+        saved_layers = sorted({int(k.split(".")[1]) for k in given
+                               if k.startswith("sparse_gin_layers.")
+                               and k.split(".")[1].isdigit()})
+        own_layers = sorted(int(k) for k in self.sparse_gin_layers)
+        name = type(self.model).__name__
+        if saved_layers != own_layers:
+            num_layers = len(find_decoder_layers(self.model)[1])
+            raise ValueError(
+                f"the adapter holds weights for decoder layers {saved_layers}, but this "
+                f"{name} ({num_layers} decoder layer{'s' * (num_layers != 1)}) adapts "
+                f"layers {own_layers}: it was saved for another base model"
+            )
+        missing, unexpected = set(own) - set(given), set(given) - set(own)
+        if unexpected or (missing and not partial):
             raise ValueError(
                 f"adapter weights do not match this model: missing {sorted(missing)[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]}"
             )
-        with torch.no_grad():
-            own = self.sparse_gin_layers.state_dict(keep_vars=True)
-            for key, tensor in given.items():
-                own[expected[key]].copy_(tensor)
+        for key in sorted(set(given) & set(own)):
+            saved, expected = tuple(given[key].shape), tuple(own[key].shape)
+            if saved == expected:
+                continue
+            hidden = getattr(getattr(self.model, "config", None), "hidden_size", None)
+            lin_in = next((v for k, v in given.items() if k.endswith(".lin_in.weight")), None)
+            saved_hidden = None if lin_in is None else lin_in.shape[-1]
+            cause = (
+                f"the adapter was saved for a base model with hidden_size={saved_hidden}, "
+                f"this {name} has hidden_size={hidden}"
+                if saved_hidden is not None and saved_hidden != hidden
+                else "the weights do not fit the adapter configuration"
+            )
+            raise ValueError(
+                f"adapter weight {key!r} has shape {saved} in the checkpoint but {expected} "
+                f"in this model: {cause}"
+            )
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model: nn.Module, config: PeftConfig,
+                                           adapter_name: str,
+                                           state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """peft's per-method hook before it loads checkpoint weights
+        (``PeftModel.from_pretrained`` / ``load_adapter``): refuse weights that do not fit.
+        A freshly attached adapter (no forward, no load yet, as inside
+        ``PeftModel.from_pretrained``) is unloaded first, leaving the base model as it was.
+
+        Raises:
+            ValueError: see :meth:`_check_adapter_state`.
+        """
+        tuner = next((m for m in model.modules() if isinstance(m, cls)), None)
+        if tuner is not None and "sparse_gin_layers" in tuner._modules:
+            try:
+                tuner._check_adapter_state(state_dict, partial=True)
+            except ValueError as error:
+                if not tuner._fresh:
+                    raise
+                tuner.unload()
+                raise ValueError(
+                    f"{error} (the adapter was removed again; the base model is unchanged)"
+                ) from None
+            tuner._fresh = False
+        return super()._remap_adapter_state_dict_for_load(
+            model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
+        )
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(layers={list(self.adapter_layers)}, model={type(self.model).__name__})"
 
 
 # ----------------------------------------------------------------------------- helpers
+_PEFT_CONFIG_FIELDS = {f.name for f in dataclasses.fields(PeftConfig)}
+
+
+def _check_same_adapter_config(path: str, new: dict) -> None:
+    """Refuse to replace the adapter config at ``path`` by a different one ``new``."""
+    folder = os.path.dirname(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            old = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{folder!r} holds an unreadable {CONFIG_NAME} ({error}); pass overwrite=True "
+            "to replace it"
+        ) from None
+    if not isinstance(old, dict):
+        old = {}
+    # the method and its own fields; peft's bookkeeping (inference_mode,
+    # base_model_name_or_path, auto_mapping, revision, ...) does not make another adapter
+    keys = ["peft_type"] + [f.name for f in dataclasses.fields(SparseGinConfig)
+                            if f.name not in _PEFT_CONFIG_FIELDS]
+    differing = [
+        f"{key}: {old.get(key)!r} there, {new.get(key)!r} now"
+        for key in keys if old.get(key) != new.get(key)
+    ]
+    if differing:
+        raise ValueError(
+            f"{folder!r} already holds an adapter of another configuration "
+            f"({'; '.join(differing)}); pass overwrite=True to replace it, or save to "
+            "another folder"
+        )
+
+
 def _detached(graph: AttentionGraph) -> AttentionGraph:
     if not graph.edge_weight.requires_grad:
         return graph

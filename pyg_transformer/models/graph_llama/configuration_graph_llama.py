@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import numbers
 
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import LlamaConfig
+from transformers.activations import ACT2FN
 
 from pyg_transformer.attention.adjacency import (
     ADJACENCY_ACTIVATIONS,
@@ -20,6 +22,16 @@ GRAPH_BACKENDS = ("auto", "dense", "pyg")
 
 def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _check_positive_finite(name: str, value) -> None:
+    if not _is_real(value) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
 class GraphLlamaConfig(LlamaConfig):
@@ -69,7 +81,14 @@ class GraphLlamaConfig(LlamaConfig):
             ``"auto"`` (PyG for the sparse activations ``relu_threshold`` and ``top_k``,
             dense otherwise).
 
-    The GIN MLP dropout is ``attention_dropout``. Invalid values raise ``ValueError``.
+    The GIN MLP dropout is ``attention_dropout``. Invalid values raise ``ValueError``
+    (a value of the wrong type for a :class:`~transformers.LlamaConfig` field:
+    ``TypeError``), naming the field and the value; this includes the Llama fields the
+    graph models read: ``vocab_size``, ``hidden_size``, ``intermediate_size``,
+    ``num_hidden_layers``, ``num_attention_heads``, ``num_key_value_heads``, ``head_dim``
+    and ``max_position_embeddings`` (ints ``>= 1``), ``rms_norm_eps``,
+    ``initializer_range`` and ``rope_theta`` (positive finite), ``attention_dropout``
+    (``None`` or in ``[0, 1)``) and ``hidden_act`` (a key of transformers' ``ACT2FN``).
     """
 
     model_type = "graph_llama"
@@ -91,14 +110,47 @@ class GraphLlamaConfig(LlamaConfig):
     graph_backend: str = "auto"
 
     def __post_init__(self, **kwargs):
+        # LlamaConfig.__post_init__ divides hidden_size by num_attention_heads
+        _check_positive_int("num_attention_heads", self.num_attention_heads)
         super().__post_init__(**kwargs)
         if isinstance(self.pna_aggregators, tuple):
             self.pna_aggregators = list(self.pna_aggregators)
         self.validate_graph_options()
 
+    def __setattr__(self, name, value):
+        # LlamaConfig's @strict field checks raise huggingface_hub's
+        # StrictDataclassFieldValidationError (not a ValueError/TypeError): re-raise its cause
+        try:
+            super().__setattr__(name, value)
+        except StrictDataclassFieldValidationError as error:
+            cause = error.__cause__
+            kind = TypeError if isinstance(cause, TypeError) else ValueError
+            raise kind(f"invalid {name}={value!r}: {cause}") from error
+
     def validate_graph_options(self) -> None:
-        """Check every option; raises ``ValueError`` naming the bad value."""
+        """Check every option, the inherited Llama fields included.
+
+        Raises:
+            ValueError: naming the bad field and value.
+        """
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim",
+                     "max_position_embeddings"):
+            _check_positive_int(name, getattr(self, name))
         self.validate_architecture()  # LlamaConfig: hidden_size % num_attention_heads
+        for name in ("rms_norm_eps", "initializer_range"):
+            _check_positive_finite(name, getattr(self, name))
+        rope = self.rope_parameters
+        if isinstance(rope, dict) and "rope_theta" in rope:
+            _check_positive_finite("rope_theta", rope["rope_theta"])
+        dropout = self.attention_dropout
+        if dropout is not None and (not _is_real(dropout) or not 0 <= dropout < 1):
+            raise ValueError(f"attention_dropout must be None or in [0, 1), got {dropout!r}")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"hidden_act must be one of transformers' activations {sorted(ACT2FN)}, "
+                f"got {self.hidden_act!r}"
+            )
         choices = (
             ("attention_type", ATTENTION_TYPES),
             ("adjacency_activation", ADJACENCY_ACTIVATIONS),
@@ -111,11 +163,6 @@ class GraphLlamaConfig(LlamaConfig):
                      "value_projection", "pna_blend"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("hidden_size", "num_attention_heads", "num_key_value_heads",
-                     "num_hidden_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.num_attention_heads % self.num_key_value_heads != 0:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -129,14 +176,8 @@ class GraphLlamaConfig(LlamaConfig):
                     f"for attention_type={self.attention_type!r} (each head aggregates its "
                     f"slice of the hidden state), got {self.head_dim!r}"
                 )
-        if not _is_real(self.sharpening_init) or not 0 < self.sharpening_init < math.inf:
-            raise ValueError(
-                f"sharpening_init must be a positive finite number, got {self.sharpening_init!r}"
-            )
-        if not _is_real(self.adjacency_beta) or not 0 < self.adjacency_beta < math.inf:
-            raise ValueError(
-                f"adjacency_beta must be a positive finite number, got {self.adjacency_beta!r}"
-            )
+        for name in ("sharpening_init", "adjacency_beta"):
+            _check_positive_finite(name, getattr(self, name))
         for name in ("adjacency_tau", "gin_eps_init"):
             value = getattr(self, name)
             if not _is_real(value) or not math.isfinite(value):
