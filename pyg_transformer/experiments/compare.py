@@ -40,9 +40,13 @@ METRICS = (
     ("best_eval_perplexity", "best val. perplexity", "{:.3f}"),
     ("generalization_gap", "generalisation gap", "{:.3f}"),
     ("exact_match", "exact match", "{:.3f}"),
+    ("primary_accuracy", "primary class acc.", "{:.3f}"),
+    ("secondary_accuracy", "secondary class acc.", "{:.3f}"),
     ("trainable_parameters", "trainable params", "{:,.0f}"),
     ("wall_time_s", "wall time (s)", "{:.0f}"),
 )
+#: columns of :data:`METRICS` that the table shows only when some arm has them (protein data)
+OPTIONAL_METRICS = ("primary_accuracy", "secondary_accuracy")
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -67,14 +71,17 @@ def markdown_table(summary: dict[str, dict[str, Any]], num_seeds: int) -> str:
     """The comparison as a Markdown table (mean ± std over ``num_seeds`` seeds).
 
     An arm with fewer finished seeds (its ``"num_seeds"``, e.g. an interrupted
-    comparison) is labelled ``arm (k of num_seeds seeds)``.
+    comparison) is labelled ``arm (k of num_seeds seeds)``. The columns of
+    :data:`OPTIONAL_METRICS` appear only when some arm has them.
     """
-    header = ["arm"] + [title for _, title, _ in METRICS]
+    columns = [(key, title, fmt) for key, title, fmt in METRICS
+               if key not in OPTIONAL_METRICS or any(key in m for m in summary.values())]
+    header = ["arm"] + [title for _, title, _ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm, metrics in summary.items():
         finished = metrics.get("num_seeds", num_seeds)
         cells = [arm if finished == num_seeds else f"{arm} ({finished} of {num_seeds} seeds)"]
-        for key, _, fmt in METRICS:
+        for key, _, fmt in columns:
             if key not in metrics:
                 cells.append("–")
                 continue
@@ -175,7 +182,7 @@ def iter_runs(kind: str, arms: list[str], seeds: list[int], train: TrainSettings
                                    callbacks=callbacks)
             else:
                 if datasets is None:
-                    datasets = load_pretrain_data(settings, seed)
+                    datasets = load_pretrain_data(settings, seed, train.max_length)
                 yield run_pretrain(arm, settings, run_train, datasets=datasets,
                                    callbacks=callbacks)
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from pyg_transformer.data import protein_ss_accuracy
 from pyg_transformer.training import (
     GraphParameterCallback,
     PromptCompletionCollator,
@@ -21,8 +22,12 @@ from pyg_transformer.training import (
     encode_prompt,
     exact_match_accuracy,
     generalization_gap,
+    generate_completions,
     perplexity,
 )
+
+#: how held-out answers are scored (see :func:`train_arm`)
+SCORINGS = ("number", "protein_ss")
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +55,8 @@ class TrainSettings:
         eval_steps: evaluate the held-out loss every this many steps.
         eval_size: held-out examples used for the validation loss (``0``: all).
         exact_match_size: held-out problems scored by greedy generation (``0``: skip).
-        max_new_tokens: generation budget per problem for exact match.
+        max_new_tokens: generation budget per problem for exact match (protein data
+            generates its two class tokens only).
         seed: seed of initialisation, data order and dropout.
         output_dir: the run's folder: :func:`~pyg_transformer.experiments.run_finetune` and
             :func:`~pyg_transformer.experiments.run_pretrain` write its final weights and
@@ -81,7 +87,12 @@ class TrainSettings:
 
 @dataclass
 class ArmResult:
-    """What one (arm, seed) run produced; ``to_dict`` is its ``results.json`` entry."""
+    """What one (arm, seed) run produced; ``to_dict`` is its ``results.json`` entry.
+
+    ``exact_match`` is the share of scored held-out problems answered right (protein data:
+    both classes right); ``primary_accuracy`` and ``secondary_accuracy`` are set for
+    protein data only (see :func:`~pyg_transformer.data.protein_ss_accuracy`).
+    """
 
     arm: str
     seed: int
@@ -92,6 +103,8 @@ class ArmResult:
     generalization_gap: float
     exact_match: float | None
     wall_time_s: float
+    primary_accuracy: float | None = None
+    secondary_accuracy: float | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
     graph_history: list[dict[str, Any]] = field(default_factory=list)
     graph_parameters: dict[str, list] = field(default_factory=dict)
@@ -131,15 +144,21 @@ def train_arm(
     settings: TrainSettings,
     *,
     text_column: str | None = None,
+    scoring: str = "number",
     callbacks: list[TrainerCallback] | None = None,
 ) -> ArmResult:
     """Train ``model`` on ``datasets["train"]``, evaluate on ``datasets["test"]``.
 
     ``text_column=None`` trains on ``prompt``/``completion`` pairs (loss on the completion,
-    fine-tuning); a column name trains on whole texts (pre-training). Exact match is scored
-    on the held-out ``prompt``/``answer`` pairs when the split has them. ``callbacks`` are
-    added to the Trainer's (e.g. to stop or observe training).
+    fine-tuning); a column name trains on whole texts (pre-training). When the held-out
+    split has ``prompt`` and ``answer`` columns, greedy completions of the prompts are
+    scored against the answers: ``scoring="number"`` compares final numbers
+    (:func:`~pyg_transformer.data.exact_match`, GSM8K), ``"protein_ss"`` the two class
+    tokens (:func:`~pyg_transformer.data.protein_ss_accuracy`, two new tokens generated).
+    ``callbacks`` are added to the Trainer's (e.g. to stop or observe training).
     """
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     set_seed(settings.seed)
     collator = PromptCompletionCollator(tokenizer, max_length=settings.max_length)
     if text_column is None:
@@ -180,14 +199,24 @@ def train_arm(
     wall_time = time.perf_counter() - start
     history = trainer.state.log_history
 
-    exact, predictions = None, []
+    exact, predictions, classes = None, [], {}
     scorable = {"prompt", "answer"} <= set(heldout.column_names)
     if settings.exact_match_size and scorable and is_main_process():
         problems = heldout.select(range(min(settings.exact_match_size, len(heldout))))
-        scored = exact_match_accuracy(model, tokenizer, problems["prompt"], problems["answer"],
-                                      max_new_tokens=settings.max_new_tokens,
-                                      batch_size=settings.batch_size, progress=True)
-        exact, predictions = scored["exact_match"], scored["predictions"]
+        if scoring == "protein_ss":
+            predictions = generate_completions(
+                model, tokenizer, problems["prompt"], max_new_tokens=2,
+                batch_size=settings.batch_size, progress=True)
+            scored = protein_ss_accuracy(predictions, problems["answer"])
+            exact = scored["both"]
+            classes = {"primary_accuracy": scored["primary"],
+                       "secondary_accuracy": scored["secondary"]}
+        else:
+            scored = exact_match_accuracy(model, tokenizer, problems["prompt"],
+                                          problems["answer"],
+                                          max_new_tokens=settings.max_new_tokens,
+                                          batch_size=settings.batch_size, progress=True)
+            exact, predictions = scored["exact_match"], scored["predictions"]
 
     trainable, total = count_parameters(model)
     best = best_eval_loss(history)
@@ -202,6 +231,7 @@ def train_arm(
         generalization_gap=generalization_gap(history),
         exact_match=exact,
         wall_time_s=wall_time,
+        **classes,
         log_history=[{k: v for k, v in entry.items() if _is_finite_number(v) or k == "step"}
                      for entry in history],
         graph_history=graph_callback.history,

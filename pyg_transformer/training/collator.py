@@ -32,7 +32,8 @@ class PromptCompletionCollator:
 
     so the loss is on the completion and the EOS (the model learns to stop). Prompt and
     completion are tokenised separately, exactly as generation sees them. A feature with a
-    ``text`` field instead is a pre-training example (empty prompt, loss on every token);
+    ``text`` field instead is a pre-training example (empty prompt, loss on every token;
+    the tokenizer's BOS is prepended unless the text starts with it);
     a feature that already holds ``input_ids`` and ``labels`` (from :meth:`encode` /
     :func:`encode_dataset`) is only padded.
 
@@ -74,8 +75,11 @@ class PromptCompletionCollator:
         if not isinstance(prompt, str) or not isinstance(completion, str):
             raise TypeError(f"prompt and completion must be str, got {type(prompt).__name__} "
                             f"and {type(completion).__name__}")
-        # an empty prompt (pre-training text) still starts with the tokenizer's BOS, if any
-        prompt_ids = encode_prompt(self.tokenizer, prompt) if prompt else list(self._bos_prefix)
+        if prompt:
+            prompt_ids = encode_prompt(self.tokenizer, prompt)
+        else:  # pre-training text starts with the tokenizer's BOS, if any, once
+            bos = self.tokenizer.bos_token
+            prompt_ids = [] if bos and completion.startswith(bos) else list(self._bos_prefix)
         completion_ids = list(self.tokenizer(completion, add_special_tokens=False)["input_ids"])
         if not completion_ids or completion_ids[-1] != self.tokenizer.eos_token_id:
             completion_ids.append(self.tokenizer.eos_token_id)
