@@ -15,6 +15,7 @@ from pyg_transformer.models import (  # registers the Auto classes
 from pyg_transformer.adapters import (  # registers the peft method "sparse_gin"
     SparseGinConfig,
     SparseGinModel,
+    SparseGinPeftModel,
     get_sparse_gin_model,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "PNAAttention",
     "SparseGinConfig",
     "SparseGinModel",
+    "SparseGinPeftModel",
     "WeightedGINConv",
     "attention_to_graph",
     "get_sparse_gin_model",

@@ -16,7 +16,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from pyg_transformer.adapters import SparseGinModel
+from pyg_transformer.adapters import SparseGinPeftModel
 from pyg_transformer.data import load_local_dataset
 from pyg_transformer.experiments import (
     FinetuneSettings,
@@ -157,12 +157,20 @@ def saved_runs(tmp_path_factory, tiny_model_dir, data_file):
     return out
 
 
+def _transformers_load_adapter(base: str, run: str):
+    model = AutoModelForCausalLM.from_pretrained(base)
+    model.load_adapter(run)
+    return model
+
+
 LOADERS = {  # the usual from_pretrained calls: (kind, arm, load(run folder, base folder))
     "lora, PeftModel": ("finetune", "lora", lambda run, base: peft.PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(base), run)),
-    "sparse-gin, SparseGinModel": ("finetune", "sparse-gin",
-                                   lambda run, base: SparseGinModel.from_pretrained(
-                                       AutoModelForCausalLM.from_pretrained(base), run)),
+    "sparse-gin, SparseGinPeftModel": ("finetune", "sparse-gin",
+                                       lambda run, base: SparseGinPeftModel.from_pretrained(
+                                           AutoModelForCausalLM.from_pretrained(base), run)),
+    "sparse-gin, load_adapter": ("finetune", "sparse-gin",
+                                 lambda run, base: _transformers_load_adapter(base, run)),
     "sparse-gin, PeftModel": ("finetune", "sparse-gin",
                               lambda run, base: peft.PeftModel.from_pretrained(
                                   AutoModelForCausalLM.from_pretrained(base), run)),

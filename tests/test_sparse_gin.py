@@ -117,8 +117,8 @@ def test_only_adapter_parameters_train():
     before = {n: p.requires_grad for n, p in model.named_parameters()}
     adapted = get_sparse_gin_model(model, adapter_config(epsilon=0.3))
     trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith("sparse_gin_layers.") for n in trainable)
-    assert not any(p.requires_grad for p in model.parameters())
+    assert trainable and all(".sparse_gin.sparse_gin_" in n for n in trainable)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".sparse_gin." not in n)
     ids = torch.randint(0, VOCAB, (2, 8))
     adapted(ids, labels=ids).loss.backward()
     for name, param in adapted.named_parameters():
@@ -192,13 +192,15 @@ def test_kv_cache_left_padded_batch_generation():
     assert torch.equal(cached, uncached)
 
 
-def test_stale_cache_is_rejected():
+def test_cache_without_node_features_is_rejected():
     adapted = get_sparse_gin_model(make_model("llama"), adapter_config())
     ids = torch.randint(0, VOCAB, (1, 6))
     with torch.no_grad():
-        cache = adapted(ids, use_cache=True).cache
-        adapted(ids)  # a forward without cache in between: the adapter cache is reset
-        with pytest.raises(RuntimeError, match="cached features"):
+        with adapted.disable_adapter():  # the base model fills the KV cache
+            cache = adapted(ids, use_cache=True).cache
+        adapted(ids)  # a forward without that cache in between changes nothing
+        with pytest.raises(RuntimeError, match=r"the KV cache holds positions 0..5 but the "
+                                               r"adapter has node features for none"):
             adapted(ids[:, :1], cache=cache, use_cache=True)
 
 
@@ -416,13 +418,18 @@ def test_unsupported_models_raise():
         get_sparse_gin_model(make_model("llama"), {"hidden_dim": 4})
 
 
-def test_second_adapter_and_4d_mask_rejected():
-    adapted = get_sparse_gin_model(make_model("llama"), adapter_config())
-    with pytest.raises(ValueError, match="one adapter"):
-        adapted.inject_adapter(adapted.model, "other")
-    ids = torch.randint(0, VOCAB, (1, 5))
-    with pytest.raises(ValueError, match="2-D padding mask"):
-        adapted(ids, attention_mask=torch.ones(1, 1, 5, 5, dtype=torch.bool))
+def test_4d_mask_equals_the_padding_mask():
+    adapted = get_sparse_gin_model(make_model("llama"), adapter_config(epsilon=0.3))
+    ids = torch.randint(0, VOCAB, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, :2] = 0
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    mask_4d = (causal[None] & mask.bool()[:, None, :])[:, None]
+    with torch.no_grad():
+        expected = adapted(ids, attention_mask=mask).logits
+        out = adapted(ids, attention_mask=mask_4d).logits
+    assert torch.allclose(out[1], expected[1], atol=1e-6)
+    assert torch.allclose(out[0, 2:], expected[0, 2:], atol=1e-6)
 
 
 def test_second_adapter_on_one_base_is_refused_and_first_keeps_working():
@@ -435,8 +442,8 @@ def test_second_adapter_on_one_base_is_refused_and_first_keeps_working():
     ids = torch.randint(0, VOCAB, (2, 9))
     with torch.no_grad():
         before = first(ids).logits
-    match = (r"this model already carries a Sparse-GIN adapter \(attached by "
-             r"SparseGinModel\(layers=\[0, 1\], model=LlamaForCausalLM\)\); call unload\(\)")
+    match = (r"this model already carries Sparse-GIN adapters \['default'\]; add "
+             r"another one to its PeftModel with peft_model.add_adapter\(name, ")
     with pytest.raises(ValueError, match=match):
         get_sparse_gin_model(model, adapter_config())
     with pytest.raises(ValueError, match=match):
@@ -474,14 +481,16 @@ def test_cropped_cache_and_beam_search():
         cache.crop(-2)  # e.g. assisted decoding rejecting drafted tokens
         out = adapted(ids[:, 6:10], cache=cache, use_cache=True).logits
     assert torch.allclose(out, full[:, 6:10], atol=1e-5)
-    with pytest.raises(ValueError, match="beam search"):
-        adapted.generate(ids, num_beams=2, max_new_tokens=2)
+    # beam search reorders the adapter's node features with the KV cache
+    beams = dict(num_beams=3, num_return_sequences=3, max_new_tokens=6, do_sample=False)
+    assert torch.equal(adapted.generate(ids, **beams), adapted.generate(ids, use_cache=False,
+                                                                        **beams))
 
 
 @pytest.mark.parametrize("top_k", [None, 3])
 def test_decode_step_graph_equals_qk_to_graph(top_k):
     from pyg_transformer.adapters.sparse_gin.layer import DecodeRow
-    from pyg_transformer.adapters.sparse_gin.model import _decode_step_graph
+    from pyg_transformer.adapters.sparse_gin.layer import decode_step_graph
     from pyg_transformer.graph import qk_to_graph
 
     query, key = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 45, 8)
@@ -491,7 +500,7 @@ def test_decode_step_graph_equals_qk_to_graph(top_k):
                    threshold=0.5, top_k=top_k)
     expected = qk_to_graph(query, key, scaling=0.3, attention_mask=mask, query_offset=44,
                            **options)
-    graph = _decode_step_graph(query, key, 0.3, mask, options)
+    graph = decode_step_graph(query, key, 0.3, mask, options)
     assert isinstance(graph, DecodeRow) == (top_k is None)
     if top_k is None:
         assert graph.weight.shape == (2, 45)
@@ -541,6 +550,8 @@ def test_gnn_decode_step_equals_full_graph_and_follows_new_weights():
 
 
 def test_decode_step_keeps_graph_stats():
+    from pyg_transformer.adapters.sparse_gin.layer import feature_cache
+
     adapted = get_sparse_gin_model(make_model("llama"), adapter_config(epsilon=0.4))
     ids = torch.randint(0, VOCAB, (1, 9))
     with torch.no_grad():
@@ -551,7 +562,8 @@ def test_decode_step_keeps_graph_stats():
     layer = adapted.adapter_layers[0]
     graph = layer.last_graph  # built from the decode step's dense row on request
     assert (graph.num_nodes, graph.seq_len, graph.query_offset) == (9, 9, 8)
-    assert layer.past_features[0].shape[:2] == (1, 9)
+    store = feature_cache(cache, 0, "default")  # the node features travel with the KV cache
+    assert (store.start, store.length) == (0, 9) and store.buffers[0].size(0) == 1
     last_row = full.edge_index[1] == 8
     assert torch.equal(graph.edge_index, full.edge_index[:, last_row])
     assert torch.allclose(graph.edge_weight, full.edge_weight[last_row], atol=1e-6)

@@ -5,6 +5,7 @@ from pyg_transformer.adapters.sparse_gin import (
     SparseGinGNN,
     SparseGinLayer,
     SparseGinModel,
+    SparseGinPeftModel,
     get_sparse_gin_model,
 )
 
@@ -13,5 +14,6 @@ __all__ = [
     "SparseGinGNN",
     "SparseGinLayer",
     "SparseGinModel",
+    "SparseGinPeftModel",
     "get_sparse_gin_model",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,12 @@ class AttentionGraph:
     def target_position(self) -> Tensor:
         """``[E]`` token position (within its sequence) of each edge's target."""
         return self.edge_index[1] % self.seq_len
+
+    def detached(self) -> AttentionGraph:
+        """The same graph with ``edge_weight`` detached from autograd."""
+        if not self.edge_weight.requires_grad:
+            return self
+        return dataclasses.replace(self, edge_weight=self.edge_weight.detach())
 
     def num_cross_token_edges(self) -> int:
         """Number of edges between two different tokens (``source != target``)."""

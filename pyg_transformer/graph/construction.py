@@ -336,6 +336,7 @@ def qk_to_graph(
     query_offset: int = 0,
     detach: bool = True,
     external: Tensor | None = None,
+    visible: Tensor | None = None,
 ) -> AttentionGraph:
     r"""Build the same graph as :func:`attention_to_graph` straight from queries and keys.
 
@@ -358,6 +359,9 @@ def qk_to_graph(
         head_reduction: as in :func:`attention_to_graph`; so are ``clamp``,
             ``sharpen_alpha``, ``sharpen_tau``, ``threshold``, ``top_k``,
             ``query_offset`` and ``external``.
+        visible: optional boolean ``[B, Tq, Tk]``: the keys each query row may see
+            beyond the causal and padding rules (e.g. the model's own sliding-window
+            mask); edges and probabilities are restricted to them.
 
     Returns:
         An :class:`AttentionGraph` with ``B * Tk`` nodes (no edges when ``Tq = 0``).
@@ -410,6 +414,13 @@ def qk_to_graph(
     _check_query_offset(query_offset, num_queries, num_keys)
     mask = _check_attention_mask(attention_mask, batch_size, num_keys)
     _check_external(external, batch_size, num_queries, num_keys)
+    if visible is not None and (not isinstance(visible, Tensor) or visible.dtype != torch.bool
+                                or visible.shape != (batch_size, num_queries, num_keys)):
+        raise ValueError(
+            f"visible must be a bool tensor of shape [B, Tq, Tk] = [{batch_size}, "
+            f"{num_queries}, {num_keys}], got {getattr(visible, 'dtype', type(visible))} "
+            f"{tuple(getattr(visible, 'shape', ()))}"
+        )
     # NaN/inf only matter where a real token reads or is read (every key is causally
     # visible to the last query row); one sum per tensor when all is finite
     real = None if mask is None else mask[:, None, :, None]
@@ -430,6 +441,7 @@ def qk_to_graph(
     groups = num_heads // num_kv_heads
     # [B, Hkv, 1, d, Tk]: broadcast over the query heads of each group (no repeat_kv copy)
     key_t = key.unsqueeze(2).transpose(-1, -2)
+    visible_keys = visible
 
     def chunk_edges(query_chunk: Tensor, key_t: Tensor, start: int) -> tuple[Tensor, Tensor]:
         rows = query_chunk.size(2)
@@ -438,6 +450,8 @@ def qk_to_graph(
         valid = causal_valid_mask(
             batch_size, positions, visible, None if mask is None else mask[:, :visible]
         )
+        if visible_keys is not None:
+            valid = valid & visible_keys[:, start : start + rows, :visible]
         grouped = query_chunk.view(batch_size, num_kv_heads, groups, rows, head_dim)
         scores = torch.matmul(grouped, key_t[..., :visible])
         scores = scores.view(batch_size, num_heads, rows, visible)

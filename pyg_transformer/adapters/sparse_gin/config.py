@@ -5,13 +5,14 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass, field
 
-from peft import PeftConfig
+from peft import PeftConfig, TaskType
+
+from pyg_transformer.adapters.sparse_gin.compat import sparse_gin_peft_type
 
 from pyg_transformer.graph import HEAD_REDUCTIONS
 
 GNN_TYPES = ("gin", "pna")
 SCALE_INITS = ("linear", "constant", "zero")
-PEFT_TYPE = "SPARSE_GIN"
 
 
 def _is_number(value) -> bool:
@@ -58,6 +59,9 @@ class SparseGinConfig(PeftConfig):
         target_layers: decoder layer indices to adapt (``None``: all).
         detach_adjacency: if ``False``, gradients flow through the edge weights into the
             frozen model's queries and keys.
+        cross_token_edges: if ``False``, every edge between two different tokens is
+            removed and only the self-loops :math:`w_{ii}` stay: the same parameters, no
+            message between tokens (the ablation that isolates message passing).
         chunk_size: query rows whose attention probabilities are recomputed at once.
         dropout: dropout inside each GIN MLP (after the ReLU), or on each PNA layer's
             output.
@@ -78,13 +82,18 @@ class SparseGinConfig(PeftConfig):
         default=None, metadata={"help": "decoder layer indices to adapt (None: all)"}
     )
     detach_adjacency: bool = field(default=True, metadata={"help": "no grad through A'"})
+    cross_token_edges: bool = field(
+        default=True,
+        metadata={"help": "keep edges between different tokens (False: self-loops only, the "
+                          "no-message ablation)"},
+    )
     chunk_size: int = field(default=256, metadata={"help": "query rows per chunk"})
     dropout: float = field(default=0.0, metadata={"help": "dropout in the GNN layers"})
 
     def __post_init__(self):
+        if self.task_type is None:
+            self.task_type = TaskType.CAUSAL_LM
         super().__post_init__()
-        from pyg_transformer.adapters.sparse_gin.registration import sparse_gin_peft_type
-
         self.peft_type = sparse_gin_peft_type()
         self.validate()
 
@@ -127,6 +136,8 @@ class SparseGinConfig(PeftConfig):
                     f"got {self.target_layers!r}"
                 )
             self.target_layers = sorted(set(self.target_layers))
+        if not isinstance(self.cross_token_edges, bool):
+            raise ValueError(f"cross_token_edges must be a bool, got {self.cross_token_edges!r}")
         if not isinstance(self.detach_adjacency, bool):
             raise ValueError(f"detach_adjacency must be a bool, got {self.detach_adjacency!r}")
         if not _is_int(self.chunk_size) or self.chunk_size < 1:

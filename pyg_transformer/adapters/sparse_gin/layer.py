@@ -4,13 +4,16 @@ layer peft tuner layer (:class:`SparseGinLayer`) holding it and its scale
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
 from torch_geometric.nn import PNAConv
 
-from pyg_transformer.graph import AttentionGraph
+from pyg_transformer.graph import AttentionGraph, qk_to_graph
+from pyg_transformer.graph.construction import _reduce_heads, _sparsify_rows, causal_valid_mask
 from pyg_transformer.nn import WeightedGINConv, causal_degree_histogram
 
 PNA_AGGREGATORS = ["mean", "min", "max", "std"]
@@ -240,19 +243,181 @@ class DecodeRow:
         )
 
 
-class SparseGinLayer(nn.Module, BaseTunerLayer):
-    r"""The adapter of one decoder layer: :math:`\Delta = \lambda_l\,\operatorname{GNN}(X, A')`,
-    added to the attention output so that the decoder's residual add yields
-    :math:`X + \lambda_l\,\operatorname{RMSNorm}(\operatorname{GNN}(X, A'))`.
+def decode_step_graph(query: Tensor, key: Tensor, scaling: float, mask: Tensor | None,
+                       options: dict) -> AttentionGraph | DecodeRow:
+    """:func:`qk_to_graph` for a single query row (a KV-cache decode step) without its
+    chunking and argument checks: the same scores, softmax, head reduction, clamp,
+    sharpening and threshold. Without ``top_k`` the row stays dense (a
+    :class:`DecodeRow`, no edge list); ``top_k`` goes through ``graph.construction``'s
+    row sparsifier."""
+    B, H, _, d = query.shape
+    Hkv, Tk = key.size(1), key.size(2)
+    with torch.no_grad():
+        # the [B * Hkv] batched product torch.matmul would do, without its reshaping
+        scores = torch.bmm(query.reshape(B * Hkv, H // Hkv, d),
+                           key.reshape(B * Hkv, Tk, d).transpose(1, 2)).view(B, H, Tk)
+        scores = (scores if scores.dtype == torch.float32 else scores.float()).mul_(scaling)
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None], torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1)
+        if probs.dtype != query.dtype:
+            probs = probs.to(query.dtype)
+        reduced = _reduce_heads(probs, options["head_reduction"])  # [B, Tk]
+        if options["top_k"] is None:
+            values = reduced.clamp_(max=options["clamp"]).sub_(options["sharpen_tau"])
+            values = values.mul_(options["sharpen_alpha"]).sigmoid_()
+            keep = values > options["threshold"]
+            if mask is not None:
+                keep &= mask & mask[:, -1:]
+            return DecodeRow(values.mul_(keep))
+        position = torch.full((1,), Tk - 1, device=query.device)
+        valid = causal_valid_mask(B, position, Tk, mask)
+        rest = {k: v for k, v in options.items() if k != "head_reduction"}
+        edge_index, edge_weight = _sparsify_rows(reduced[:, None], valid, position, Tk, **rest)
+    return AttentionGraph(
+        edge_index=edge_index, edge_weight=edge_weight,
+        batch=torch.arange(B, device=query.device).repeat_interleave(Tk),
+        num_nodes=B * Tk, batch_size=B, seq_len=Tk, query_offset=Tk - 1,
+    )
 
-    It wraps no base module (the base model is left untouched; hooks call it). Per
-    adapter name it holds a :class:`SparseGinGNN` (``sparse_gin_gnn``) and a scalar
-    :math:`\lambda_l` (``sparse_gin_lambda``). Between calls it keeps the graph of the
-    last forward (:attr:`last_graph`) and, while generating with a KV cache, the node
-    features of past tokens.
+
+class FeatureCache:
+    r"""Node features of the tokens a KV cache holds, for one adapter of one layer: per GNN
+    layer a buffer ``[B, capacity, g]`` whose row ``r`` is absolute position
+    ``start + r``; rows ``0 .. length - 1`` are filled. It lives on the
+    :class:`~transformers.Cache` object of the call (see :func:`feature_cache`), so it
+    follows that cache: a new cache starts empty, a cropped cache reads a prefix, a
+    sliding-window cache the last keys, and beam search reorders it with the keys."""
+
+    def __init__(self) -> None:
+        self.buffers: list[Tensor] = []
+        self.start = 0
+        self.length = 0
+
+    def window(self, first: int, stop: int, batch_size: int, layer_idx: int) -> list[Tensor]:
+        """Views of absolute positions ``[first, stop)``.
+
+        Raises:
+            RuntimeError: the cache holds keys this adapter has no features for (a cache
+                filled by another model, or a batch of another size).
+        """
+        have_end = self.start + self.length
+        if stop > first and (not self.buffers or first < self.start or stop > have_end
+                             or self.buffers[0].size(0) != batch_size):
+            raise RuntimeError(
+                f"Sparse-GIN layer {layer_idx}: the KV cache holds positions {first}..{stop - 1} "
+                f"but the adapter has node features for "
+                f"{'none' if not self.length else f'{self.start}..{have_end - 1}'} (batch "
+                f"{self.buffers[0].size(0) if self.buffers else 0}, now {batch_size}); pass "
+                "the cache returned by the adapted model")
+        return [b[:, first - self.start:stop - self.start] for b in self.buffers]
+
+    def decode_slots(self, first: int, position: int, batch_size: int,
+                     layer_idx: int) -> list[Tensor]:
+        """Views of positions ``[first, position]``: the cached features plus an empty last
+        row for the new token at ``position`` (written by the decode step). Grows or
+        compacts the buffers when full."""
+        self.window(first, position, batch_size, layer_idx)
+        if position - self.start >= self.buffers[0].size(1):
+            keep = position - first
+            self.buffers = [torch.cat([b[:, first - self.start:position - self.start],
+                                       b.new_empty(b.size(0), max(keep, 64) + 1, b.size(2))], 1)
+                            for b in self.buffers]
+            self.start = first
+        self.length = position - self.start + 1
+        return [b[:, first - self.start:self.length] for b in self.buffers]
+
+    def replace(self, features: list[Tensor], first: int) -> None:
+        """Keep ``features`` ``[B, Tk, g]`` (positions ``first ..``) with room to grow."""
+        B, Tk, g = features[0].shape
+        self.buffers = []
+        for f in features:
+            buffer = f.new_empty(B, Tk + max(Tk, 64), g)
+            buffer[:, :Tk] = f.detach()
+            self.buffers.append(buffer)
+        self.start, self.length = first, Tk
+
+    def reorder(self, beam_idx: Tensor) -> None:
+        self.buffers = [b.index_select(0, beam_idx.to(b.device)) for b in self.buffers]
+
+
+FEATURES_ATTRIBUTE = "sparse_gin_features"
+
+
+def feature_cache(cache, layer_idx: int, adapter_name: str) -> FeatureCache:
+    """The :class:`FeatureCache` of ``(layer_idx, adapter_name)`` kept on ``cache`` (a
+    :class:`transformers.Cache`); the first one also makes ``cache.reorder_cache`` (beam
+    search) reorder the node features with the keys."""
+    stores = cache.__dict__.get(FEATURES_ATTRIBUTE)
+    if stores is None:
+        stores = cache.__dict__[FEATURES_ATTRIBUTE] = {}
+        reorder_keys = cache.reorder_cache
+
+        def reorder_cache(beam_idx: Tensor) -> None:
+            reorder_keys(beam_idx)
+            for store in stores.values():
+                store.reorder(beam_idx)
+
+        cache.reorder_cache = reorder_cache
+    return stores.setdefault((layer_idx, adapter_name), FeatureCache())
+
+
+def mask_visibility(mask: Tensor | None, batch_size: int, num_queries: int,
+                    num_keys: int) -> tuple[Tensor | None, Tensor | None]:
+    """``(padding [B, Tk], visible [B, Tq, Tk])`` from the mask an attention function
+    receives: ``None``/``None`` for none (plain causal), a 2-D padding mask as is, a
+    boolean or additive 4-D mask ``[B, 1, Tq, Tk]`` as the keys each query sees (causal,
+    padding and sliding window in one). A key no query sees counts as padding; ``visible``
+    is ``None`` where it is the plain causal rule."""
+    if mask is None:
+        return None, None
+    if mask.dim() == 2:
+        return mask.bool(), None
+    if mask.dim() != 4 or mask.shape[-2:] != (num_queries, num_keys):
+        raise ValueError(
+            f"Sparse-GIN expects the attention mask [B, 1, Tq, Tk] = [{batch_size}, 1, "
+            f"{num_queries}, {num_keys}] or [B, Tk], got {tuple(mask.shape)}")
+    visible = mask[:, 0]
+    if visible.dtype != torch.bool:
+        visible = visible > torch.finfo(visible.dtype).min / 2
+    visible = visible.expand(batch_size, num_queries, num_keys)
+    padding = visible.any(dim=1)
+    offset = num_keys - num_queries
+    causal = torch.ones(num_queries, num_keys, dtype=torch.bool, device=mask.device).tril(offset)
+    if bool((visible == (causal & padding[:, None])).all()):
+        visible = None
+    return (None if bool(padding.all()) else padding), visible
+
+
+def _self_loops_only(graph: AttentionGraph | DecodeRow) -> AttentionGraph | DecodeRow:
+    """``graph`` without its edges between two different tokens (``cross_token_edges=False``)."""
+    if isinstance(graph, DecodeRow):
+        weight = torch.zeros_like(graph.weight)
+        weight[:, -1] = graph.weight[:, -1]
+        return DecodeRow(weight)
+    keep = graph.edge_index[0] == graph.edge_index[1]
+    return dataclasses.replace(graph, edge_index=graph.edge_index[:, keep],
+                               edge_weight=graph.edge_weight[keep])
+
+
+class SparseGinLayer(nn.Module, BaseTunerLayer):
+    r"""The adapter of one decoder layer: :math:`\Delta = \lambda_l\,\operatorname{RMSNorm}(
+    \operatorname{GNN}(X, A'))`, added to the attention output :math:`O` so that the
+    decoder's residual add yields :math:`X + \Delta` with :math:`X = R + O`.
+
+    A child (``sparse_gin``) of the decoder layer it adapts; it replaces nothing. Its
+    forward hooks, methods of this module (so that a deep copy is wired to the copy):
+    a pre-hook on the layer's input norm records the layer input :math:`R`, the
+    ``"sparse_gin_*"`` attention function calls :meth:`capture` with the layer's post-RoPE
+    queries and keys and the call's mask, and a hook on the attention block
+    (:meth:`merge`) adds :math:`\Delta`. Per adapter name it holds a
+    :class:`SparseGinGNN` (``sparse_gin_gnn``), the scalar :math:`\lambda_l`
+    (``sparse_gin_lambda``) and the graph options (``sparse_gin_options``); the active
+    adapters (peft's ``set_adapter``) run, their outputs summed.
     """
 
     adapter_layer_names = ("sparse_gin_gnn", "sparse_gin_lambda")
+    other_param_names = ("sparse_gin_options",)
 
     def __init__(self, layer_idx: int, hidden_size: int):
         super().__init__()
@@ -260,126 +425,226 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
         self.hidden_size = hidden_size
         self.sparse_gin_gnn = nn.ModuleDict()
         self.sparse_gin_lambda = nn.ParameterDict()
+        self.sparse_gin_options: dict[str, dict] = {}
         self._disable_adapters = False
         self.merged_adapters = []
+        self.frozen_peft_weight_names = {}
+        self._handles: list = []
+        # per call: the layer input and the graphs of the active adapters
+        self._residual: Tensor | None = None
+        self._graphs: dict[str, AttentionGraph | DecodeRow] | None = None
         self._last_graph: AttentionGraph | DecodeRow | None = None
-        # node features of cached tokens: one [B, capacity, g] buffer per GNN layer,
-        # of which the first ``_num_cached`` positions are filled
-        self._feature_buffers: list[Tensor] | None = None
-        self._num_cached = 0
+        # adapters created but neither run nor loaded yet (a failed load may remove them)
+        self.fresh_adapters: set[str] = set()
 
-    @property
-    def last_graph(self) -> AttentionGraph | None:
-        """The graph of the last forward (built on first access after a decode step)."""
-        graph = self._last_graph
-        if isinstance(graph, DecodeRow):
-            graph = self._last_graph = graph.to_graph()
-        return graph
-
-    @last_graph.setter
-    def last_graph(self, graph: AttentionGraph | DecodeRow | None) -> None:
-        self._last_graph = graph
-
-    @property
-    def past_features(self) -> list[Tensor] | None:
-        """Cached node features ``[B, num_cached, g]`` per GNN layer (KV-cache companion)."""
-        if self._feature_buffers is None:
-            return None
-        return [b[:, :self._num_cached] for b in self._feature_buffers]
-
+    # -- adapters ------------------------------------------------------------------------
     def update_layer(self, adapter_name: str, config, scale: float, max_seq_len: int) -> None:
         """Create the adapter ``adapter_name`` from a :class:`SparseGinConfig`."""
         deg = None
         if config.gnn_type == "pna":
             deg = causal_degree_histogram(max_seq_len, config.top_k)
-        self.sparse_gin_gnn[adapter_name] = SparseGinGNN(
-            self.hidden_size,
-            config.hidden_dim,
-            num_layers=config.num_gnn_layers,
-            gnn_type=config.gnn_type,
-            dropout=config.dropout,
-            deg=deg,
-        )
+        param = next(iter(self.parameters()), None)
+        gnn = SparseGinGNN(self.hidden_size, config.hidden_dim, num_layers=config.num_gnn_layers,
+                           gnn_type=config.gnn_type, dropout=config.dropout, deg=deg)
+        self.sparse_gin_gnn[adapter_name] = gnn if param is None else gnn.to(param.device)
         self.sparse_gin_lambda[adapter_name] = nn.Parameter(
-            torch.tensor(float(scale)), requires_grad=config.trainable_scale
-        )
-        self._active_adapter = adapter_name
+            torch.tensor(float(scale), device=None if param is None else param.device))
+        self.fresh_adapters.add(adapter_name)
+        self.sparse_gin_options[adapter_name] = dict(
+            head_reduction=config.head_reduction, clamp=1.0, sharpen_alpha=config.alpha,
+            sharpen_tau=config.tau, threshold=config.epsilon, top_k=config.top_k,
+            detach=config.detach_adjacency, chunk_size=config.chunk_size,
+            cross_token_edges=config.cross_token_edges)
+        if not config.trainable_scale:
+            self.frozen_peft_weight_names = {**self.frozen_peft_weight_names,
+                                             adapter_name: ("sparse_gin_lambda",)}
+        self.set_adapter(self.active_adapters)
 
-    def enable_adapters(self, enabled: bool) -> None:
-        """Switch the adapter on or off (``requires_grad`` flags are left unchanged)."""
-        self._disable_adapters = not enabled
+    def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
+        """Not available: a GNN over the attention graph has no weight-space form.
 
-    def reset_cache(self) -> None:
-        self._feature_buffers = None
-        self._num_cached = 0
-
-    def _store(self, features: list[Tensor]) -> None:
-        """Keep ``features`` ``[B, Tk, g]`` with room for later decode steps."""
-        B, Tk, g = features[0].shape
-        capacity = Tk + max(Tk, 64)
-        buffers = []
-        for f in features:
-            buf = f.new_empty(B, capacity, g)
-            buf[:, :Tk] = f.detach()
-            buffers.append(buf)
-        self._feature_buffers, self._num_cached = buffers, Tk
-
-    def _check_past(self, num_past: int, batch_size: int) -> None:
-        have = self._num_cached if self._feature_buffers is not None else 0
-        if have < num_past or (num_past and self._feature_buffers[0].size(0) != batch_size):
-            raise RuntimeError(
-                f"Sparse-GIN layer {self.layer_idx}: the KV cache holds {num_past} past "
-                f"tokens but the adapter cached features of {have}; pass the cache returned "
-                "by the adapted model"
-            )
-
-    def forward(self, x: Tensor, graph: AttentionGraph | DecodeRow,
-                store_features: bool = False) -> Tensor:
-        """``lambda * RMSNorm(GNN(x, graph))`` for the query positions.
-
-        Args:
-            x: residual stream after attention ``[B, Tq, D]``.
-            graph: the layer's :class:`AttentionGraph` over ``B * Tk`` nodes
-                (``Tk - Tq`` cached positions first), or the :class:`DecodeRow` of a
-                single-query decode step.
-            store_features: append this call's node features to the KV-cache
-                companion (generation).
+        Raises:
+            ValueError: always.
         """
-        adapter = self.active_adapters[0]
+        raise ValueError("a Sparse-GIN adapter cannot be merged into the base weights (a "
+                         "GNN over the attention graph is not a weight update); use unload() "
+                         "or disable_adapter() instead")
+
+    def unmerge(self) -> None:
+        self.merge()
+
+    # -- hooks ---------------------------------------------------------------------------
+    def attach(self, reader: nn.Module, attention: nn.Module) -> None:
+        """Register the hooks: ``reader`` (the module that first reads the layer input,
+        its input norm) and ``attention`` (the attention block)."""
+        self._handles = [
+            reader.register_forward_pre_hook(self.record_residual, with_kwargs=True),
+            attention.register_forward_hook(self.merge_output, with_kwargs=True),
+        ]
+
+    def detach_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def record_residual(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook of the input norm: remember the layer input :math:`R`."""
+        self._residual = args[0] if args else kwargs["hidden_states"]
+
+    def _running(self) -> list[str]:
+        if self.disable_adapters:
+            return []
+        return [a for a in self.active_adapters if a in self.sparse_gin_gnn]
+
+    def capture(self, query: Tensor, key: Tensor, attention_mask: Tensor | None, *,
+                scaling: float | None = None, external: Tensor | None = None) -> None:
+        """Build the graph of every running adapter from this call's post-RoPE ``query``
+        ``[B, H, Tq, d]``, ``key`` ``[B, Hkv, Tk, d]`` and attention mask (called by the
+        attention function).
+
+        Raises:
+            ValueError: ``external`` does not cover the keys (not with a KV cache).
+        """
+        running = self._running()
+        if not running:
+            self._graphs = None
+            return
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                "Sparse-GIN does not support torch.compile: its graphs have data-dependent "
+                "sizes; run the adapted model uncompiled")
+        B, _, Tq, d = query.shape
+        Tk = key.size(2)
+        padding, visible = mask_visibility(attention_mask, B, Tq, Tk)
+        scaling = scaling or d ** -0.5
+        if external is not None:
+            if external.size(-1) != Tk:
+                raise ValueError(
+                    f"external_adjacency covers {external.size(-1)} positions but attention has "
+                    f"{Tk} keys (external adjacency is not supported with a KV cache)")
+            external = external[:, Tk - Tq:]
+        graphs: dict[str, AttentionGraph | DecodeRow] = {}
+        built: dict[tuple, AttentionGraph | DecodeRow] = {}
+        for adapter in running:
+            options = self.sparse_gin_options[adapter]
+            signature = tuple(sorted(options.items()))
+            if signature not in built:
+                built[signature] = self._build_graph(query, key, scaling, padding, visible,
+                                                     external, options)
+            graphs[adapter] = built[signature]
+        self._graphs = graphs
+
+    @staticmethod
+    def _build_graph(query: Tensor, key: Tensor, scaling: float, padding: Tensor | None,
+                     visible: Tensor | None, external: Tensor | None,
+                     options: dict) -> AttentionGraph | DecodeRow:
+        graph_options = {k: v for k, v in options.items()
+                         if k not in ("detach", "chunk_size", "cross_token_edges")}
+        Tq, Tk = query.size(2), key.size(2)
+        fast = external is None and (options["detach"] or not torch.is_grad_enabled())
+        if Tq == 1 and fast:
+            row = padding if visible is None else visible[:, 0]
+            if row is not None and bool(row.all()):
+                row = None
+            graph = decode_step_graph(query, key, scaling, row, graph_options)
+        else:
+            graph = qk_to_graph(query, key, scaling=scaling, attention_mask=padding,
+                                visible=visible, chunk_size=options["chunk_size"],
+                                query_offset=Tk - Tq, detach=options["detach"],
+                                external=external, **graph_options)
+        return graph if options["cross_token_edges"] else _self_loops_only(graph)
+
+    def merge_output(self, module: nn.Module, args: tuple, kwargs: dict, output):
+        """Forward hook of the attention block: its output :math:`O` becomes
+        :math:`O + \\sum_a \\lambda_a \\operatorname{RMSNorm}(\\operatorname{GNN}_a(R + O, A'_a))`.
+
+        Raises:
+            RuntimeError: the attention did not run through the Sparse-GIN attention
+                function.
+        """
+        graphs, self._graphs = self._graphs, None
+        residual, self._residual = self._residual, None
+        running = self._running()
+        if not running:
+            return None
+        if graphs is None or residual is None:
+            implementation = getattr(getattr(module, "config", None), "_attn_implementation", None)
+            raise RuntimeError(
+                f"Sparse-GIN layer {self.layer_idx}: the attention did not run through the "
+                f"Sparse-GIN attention function (the model's attention implementation is "
+                f"{implementation!r}; it was changed after attaching the adapter)")
+        self.fresh_adapters.difference_update(running)
+        attn_out = output[0] if isinstance(output, tuple) else output
+        x = residual + attn_out
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        delta = None
+        for adapter in running:
+            out = self._adapter_output(adapter, x, graphs[adapter], cache)
+            delta = out if delta is None else delta + out
+        graph = graphs[running[0]]
+        self._last_graph = graph if isinstance(graph, DecodeRow) else graph.detached()
+        if isinstance(output, tuple):
+            return (attn_out + delta,) + output[1:]
+        return attn_out + delta
+
+    def _adapter_output(self, adapter: str, x: Tensor, graph: AttentionGraph | DecodeRow,
+                        cache) -> Tensor:
         gnn = self.sparse_gin_gnn[adapter]
         B, Tq = x.size(0), x.size(1)
-        num_past = graph.seq_len - Tq
-        if num_past:
-            self._check_past(num_past, B)  # a cropped KV cache keeps a prefix
+        Tk = graph.seq_len
+        num_past = Tk - Tq
+        store = first = None
+        if cache is not None:
+            store = feature_cache(cache, self.layer_idx, adapter)
+            end = cache.get_seq_length(self.layer_idx)
+            first = end - Tk
+            if first < 0:
+                raise ValueError(
+                    f"Sparse-GIN layer {self.layer_idx}: the cache returned {Tk} keys for "
+                    f"{end} tokens ({type(cache).__name__} with fixed-size layers is not "
+                    "supported; use a DynamicCache)")
+        elif num_past:
+            raise RuntimeError(f"Sparse-GIN layer {self.layer_idx}: {num_past} past keys but "
+                               "no KV cache in the call")
         dtype = gnn.lin_in.weight.dtype
+        xin = x if x.dtype == dtype else x.to(dtype)
         if isinstance(graph, DecodeRow) and (gnn.gnn_type != "gin" or not num_past):
             graph = graph.to_graph()
         if num_past and Tq == 1 and gnn.gnn_type == "gin":
             if isinstance(graph, DecodeRow):
                 rows = graph.weight.view(B, 1, -1)
             else:
-                rows = graph.edge_weight.new_zeros(B * (num_past + 1)).index_put_(
-                    (graph.edge_index[0],), graph.edge_weight, accumulate=True
-                ).view(B, 1, -1)
-            if store_features:
-                if self._feature_buffers[0].size(1) <= num_past:  # grow the buffers
-                    self._feature_buffers = [
-                        torch.cat([b[:, :num_past], torch.empty_like(b[:, :num_past])], 1)
-                        for b in self._feature_buffers
-                    ]
-                features = [b[:, :num_past + 1] for b in self._feature_buffers]
-                self._num_cached = num_past + 1
-            else:
-                features = [torch.cat([b[:, :num_past], b.new_empty(B, 1, b.size(2))], 1)
-                            for b in self._feature_buffers]
-            out = gnn._decode_step(x if x.dtype == dtype else x.to(dtype), rows, features)
+                rows = graph.edge_weight.new_zeros(B * Tk).index_put_(
+                    (graph.edge_index[0],), graph.edge_weight, accumulate=True).view(B, 1, -1)
+            features = store.decode_slots(first, first + num_past, B, self.layer_idx)
+            out = gnn._decode_step(xin, rows, features)
         else:
-            past = None if num_past == 0 else [b[:, :num_past] for b in self._feature_buffers]
-            out, features = gnn(x.to(dtype), graph.edge_index, graph.edge_weight, past)
-            if store_features:
-                self._store(features)
+            past = store.window(first, first + num_past, B, self.layer_idx) if num_past else None
+            out, features = gnn(xin, graph.edge_index, graph.edge_weight, past)
+            if store is not None:
+                store.replace(features, first)
         out = self.sparse_gin_lambda[adapter] * out
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
+    def forward(self, x: Tensor, graph: AttentionGraph | DecodeRow,
+                adapter_name: str | None = None) -> Tensor:
+        """:math:`\lambda \operatorname{RMSNorm}(\operatorname{GNN}(x, A'))` of one adapter
+        (default: the first active one) on a given graph without cached positions.
+
+        Shapes:
+            ``x`` ``[B, T, D]``, ``graph`` over ``B * T`` nodes -> ``[B, T, D]``.
+        """
+        adapter = adapter_name or self.active_adapters[0]
+        return self._adapter_output(adapter, x, graph, cache=None)
+
+    @property
+    def last_graph(self) -> AttentionGraph | None:
+        """The graph of the first active adapter in the last forward."""
+        graph = self._last_graph
+        if isinstance(graph, DecodeRow):
+            graph = self._last_graph = graph.to_graph()
+        return graph
+
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(layer_idx={self.layer_idx}, adapters={list(self.sparse_gin_gnn)})"
+        return (f"{self.__class__.__name__}(layer_idx={self.layer_idx}, "
+                f"adapters={list(self.sparse_gin_gnn)})")
