@@ -16,7 +16,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from pyg_transformer.adapters import SparseGinConfig, SparseGinModel, get_sparse_gin_model
+from pyg_transformer.adapters import SparseGinConfig, get_sparse_gin_model
 from pyg_transformer.graph import attention_to_graph
 
 VOCAB = 64

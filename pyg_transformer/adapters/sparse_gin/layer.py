@@ -400,6 +400,13 @@ def _self_loops_only(graph: AttentionGraph | DecodeRow) -> AttentionGraph | Deco
                                edge_weight=graph.edge_weight[keep])
 
 
+def refuse_merge() -> None:
+    """Raise the ``ValueError`` of every merge request."""
+    raise ValueError("a Sparse-GIN adapter cannot be merged into the base weights (a GNN over "
+                     "the attention graph is not a weight update); use unload() or "
+                     "disable_adapter() instead")
+
+
 class SparseGinLayer(nn.Module, BaseTunerLayer):
     r"""The adapter of one decoder layer: :math:`\Delta = \lambda_l\,\operatorname{RMSNorm}(
     \operatorname{GNN}(X, A'))`, added to the attention output :math:`O` so that the
@@ -466,12 +473,10 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
         Raises:
             ValueError: always.
         """
-        raise ValueError("a Sparse-GIN adapter cannot be merged into the base weights (a "
-                         "GNN over the attention graph is not a weight update); use unload() "
-                         "or disable_adapter() instead")
+        refuse_merge()
 
     def unmerge(self) -> None:
-        self.merge()
+        refuse_merge()
 
     # -- hooks ---------------------------------------------------------------------------
     def attach(self, reader: nn.Module, attention: nn.Module) -> None:
@@ -509,10 +514,6 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
         if not running:
             self._graphs = None
             return
-        if torch.compiler.is_compiling():
-            raise RuntimeError(
-                "Sparse-GIN does not support torch.compile: its graphs have data-dependent "
-                "sizes; run the adapted model uncompiled")
         B, _, Tq, d = query.shape
         Tk = key.size(2)
         padding, visible = mask_visibility(attention_mask, B, Tq, Tk)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from pyg_transformer.adapters.sparse_gin import capture
 from pyg_transformer.adapters.sparse_gin.config import SparseGinConfig
-from pyg_transformer.adapters.sparse_gin.layer import SparseGinLayer
+from pyg_transformer.adapters.sparse_gin.layer import SparseGinLayer, refuse_merge
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -318,7 +318,7 @@ class SparseGinModel(BaseTuner):
     def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False,
                                      safe_merge: bool = False, adapter_names=None) -> nn.Module:
         if merge:
-            SparseGinLayer.merge(None)
+            refuse_merge()
         layers = adapted_layers(self.model)
         if not layers:
             raise ValueError(
@@ -343,7 +343,7 @@ class SparseGinModel(BaseTuner):
         Raises:
             ValueError: always.
         """
-        SparseGinLayer.merge(None)
+        refuse_merge()
 
     # -- running -------------------------------------------------------------------------
     def forward(self, *args: Any, external_adjacency=None, **kwargs: Any):
