@@ -78,6 +78,7 @@ class SparseGinConfig(PeftConfig):
         default=None, metadata={"help": "decoder layer indices to adapt (None: all)"}
     )
     detach_adjacency: bool = field(default=True, metadata={"help": "no grad through A'"})
+    cross_token_edges: bool = field(default=True, metadata={"help": "keep edges between different tokens (False: self-loops only, the no-message ablation)"})
     chunk_size: int = field(default=256, metadata={"help": "query rows per chunk"})
     dropout: float = field(default=0.0, metadata={"help": "dropout in the GNN layers"})
 
