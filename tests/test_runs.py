@@ -116,7 +116,7 @@ def test_bad_plans_and_output_dirs_are_refused(tmp_path, finetune_settings):
     for arms, seeds, match in ((["lora", "lora"], [0], r"arms must not repeat"),
                                (["lora"], [0, 0], r"seeds must not repeat"),
                                (["lora"], [-1], r"seeds must be"),
-                               (["prefix"], [0], r"arms must be a non-empty subset")):
+                               (["prefix"], [0], r"unknown fine-tuning arm 'prefix'")):
         with pytest.raises(ValueError, match=match):
             compare("finetune", arms, seeds, TRAIN, finetune_settings, tmp_path / "x")
     a_file = tmp_path / "somefile"

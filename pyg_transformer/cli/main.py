@@ -9,10 +9,26 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from pyg_transformer.experiments.finetune import FINETUNE_METHODS, FinetuneSettings
-from pyg_transformer.experiments.pretrain import PRETRAIN_ATTENTIONS, PretrainSettings
+from pyg_transformer.adapters.sparse_gin.config import GNN_TYPES, SCALE_INITS
+from pyg_transformer.attention.adjacency import ADJACENCY_ACTIVATIONS
+from pyg_transformer.experiments.arms import parse_value
+from pyg_transformer.experiments.finetune import (
+    FINETUNE_ARMS,
+    FINETUNE_METHODS,
+    FinetuneSettings,
+    define_finetune_arm,
+    sparse_gin_defaults,
+)
+from pyg_transformer.experiments.pretrain import (
+    PRETRAIN_ARMS,
+    PRETRAIN_ATTENTIONS,
+    PretrainSettings,
+    define_pretrain_arm,
+    graph_defaults,
+)
 from pyg_transformer.experiments.runner import TrainSettings, is_main_process
 from pyg_transformer.experiments.runs import check_output_dir, run_dir
+from pyg_transformer.graph import HEAD_REDUCTIONS
 
 PROG = "pyg-transformer"
 
@@ -26,22 +42,99 @@ class UserError(Exception):
     """A problem with the user's input: reported in one line, exit code 2."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default, except ``None`` ones (their help says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, []) or action.required:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _int_or_fraction(text: str) -> int | float:
+    """``--top-k`` of ``pretrain``: an int (keys per query) or a float (a fraction)."""
+    return parse_value("int | float", text)
+
+
+#: the Sparse-GIN flags of ``finetune`` and ``compare finetune``: (SparseGinConfig field,
+#: flag, argparse keywords, help); a ``None`` value is left to the config (or to LoRA)
+SPARSE_GIN_FLAGS = (
+    ("hidden_dim", "--hidden-dim", {"type": int},
+     "adapter hidden size g (default: matched to LoRA's trainable parameters at "
+     "--lora-rank)"),
+    ("alpha", "--alpha", {"type": float}, "sharpening slope α of A' = σ(α(A - τ))"),
+    ("tau", "--tau", {"type": float}, "sharpening shift τ"),
+    ("epsilon", "--epsilon", {"type": float}, "keep edges with A' > ε, in [0, 1)"),
+    ("top_k", "--top-k", {"type": int},
+     "keep at most the k strongest edges per token (default: all kept edges)"),
+    ("head_reduction", "--head-reduction", {"choices": HEAD_REDUCTIONS},
+     "how the heads' attention is combined into A"),
+    ("gnn_type", "--gnn-type", {"choices": GNN_TYPES}, "the adapter's GNN"),
+    ("num_gnn_layers", "--num-gnn-layers", {"type": int}, "GNN layers per decoder layer"),
+    ("target_layers", "--target-layers", {"type": int, "nargs": "+", "metavar": "L"},
+     "decoder layers to adapt (default: all)"),
+    ("scale_init", "--scale-init", {"choices": SCALE_INITS},
+     "initial λ per layer: linear from 0 to 0.5, constant 0.5, or zero"),
+    ("trainable_scale", "--trainable-scale", {"action": argparse.BooleanOptionalAction},
+     "train λ (--no-trainable-scale: λ fixed at its initial value)"),
+    ("cross_token_edges", "--cross-token-edges", {"action": argparse.BooleanOptionalAction},
+     "keep edges between different tokens (--no-cross-token-edges: self-loops only, the "
+     "no-message ablation)"),
+)
+#: the GIN/PNA flags of ``pretrain`` and ``compare pretrain``: (GraphLlamaConfig field,
+#: flag, argparse keywords, help)
+GRAPH_FLAGS = (
+    ("adjacency_activation", "--adjacency-activation", {"choices": ADJACENCY_ACTIVATIONS},
+     "how attention scores become the adjacency A'"),
+    ("gin_mlp_multiplier", "--gin-mlp-multiplier", {"type": float},
+     "γ: the per-head MLPs have γ·head_dim hidden units"),
+    ("sharpening", "--sharpening", {"action": argparse.BooleanOptionalAction},
+     "trainable per-layer sharpening α (--no-sharpening: α fixed at 1)"),
+    ("use_o_proj", "--o-proj", {"action": argparse.BooleanOptionalAction},
+     "an output projection after the heads"),
+    ("adjacency_beta", "--adjacency-beta", {"type": float},
+     "β of the sigmoid and sharp_softplus activations"),
+    ("adjacency_tau", "--adjacency-tau", {"type": float},
+     "τ of the sigmoid, sharp_softplus and relu_threshold activations"),
+    ("top_k", "--top-k", {"type": _int_or_fraction},
+     "k of --adjacency-activation top_k: an int >= 1 (keys per query) or a fraction in "
+     "(0, 1] of the causal keys (default: none; top_k needs one)"),
+)
+
+
+def _add_option_flags(group, specs: tuple, defaults: dict) -> None:
+    for name, flag, kwargs, help_text in specs:
+        if "action" not in kwargs and "choices" not in kwargs:
+            kwargs = {"metavar": name.upper(), **kwargs}
+        group.add_argument(flag, dest=f"option_{name}", default=defaults[name],
+                           help=help_text, **kwargs)
+
+
+def _option_values(args, specs: tuple) -> dict:
+    values = {name: getattr(args, f"option_{name}") for name, *_ in specs}
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def _add_train_arguments(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
     d = {**{f.name: f.default for f in fields(TrainSettings)}, **(defaults or {})}
     group = parser.add_argument_group("training")
     group.add_argument("--steps", type=int, default=d["max_steps"], help="optimiser steps")
-    group.add_argument("--batch-size", type=int, default=d["batch_size"])
+    group.add_argument("--batch-size", type=int, default=d["batch_size"],
+                       help="sequences per step")
     group.add_argument("--lr", type=float, default=d["learning_rate"],
                        help="constant learning rate")
     group.add_argument("--max-length", type=int, default=d["max_length"],
                        help="truncate sequences to this many tokens")
-    group.add_argument("--logging-steps", type=int, default=d["logging_steps"])
-    group.add_argument("--eval-steps", type=int, default=d["eval_steps"])
+    group.add_argument("--logging-steps", type=int, default=d["logging_steps"],
+                       help="log the training loss and graph scalars every N steps")
+    group.add_argument("--eval-steps", type=int, default=d["eval_steps"],
+                       help="evaluate the held-out loss every N steps")
     group.add_argument("--eval-size", type=int, default=d["eval_size"],
                        help="held-out examples for the validation loss (0: all)")
     group.add_argument("--exact-match-size", type=int, default=d["exact_match_size"],
                        help="held-out problems scored by greedy generation (0: skip)")
-    group.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"])
+    group.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"],
+                       help="generation budget per scored problem")
     group.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     _add_output_arguments(parser, None)
 
@@ -72,15 +165,20 @@ def _add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data", default="gsm", help="'gsm' or a local JSON/JSONL/CSV/parquet")
     group.add_argument("--lora-rank", type=int, default=8,
                        help="LoRA rank; Sparse-GIN's hidden size matches its parameter count")
-    group.add_argument("--lora-alpha", type=int, default=16)
+    group.add_argument("--lora-alpha", type=int, default=16, help="LoRA scaling numerator")
     group.add_argument("--variants-per-template", type=int, default=4,
                        help="GSM8K problems generated per template")
+    group = parser.add_argument_group(
+        "Sparse-GIN", "options of every Sparse-GIN arm (a built-in or --arm arm's own "
+                      "options override them)")
+    _add_option_flags(group, SPARSE_GIN_FLAGS, {**sparse_gin_defaults(), "hidden_dim": None})
 
 
 def _finetune_settings(args) -> FinetuneSettings:
     return FinetuneSettings(model=args.model, data=args.data, lora_rank=args.lora_rank,
                             lora_alpha=args.lora_alpha,
-                            variants_per_template=args.variants_per_template)
+                            variants_per_template=args.variants_per_template,
+                            sparse_gin=_option_values(args, SPARSE_GIN_FLAGS))
 
 
 def _add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,16 +187,23 @@ def _add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data", default="gsm",
                        help="'gsm', 'protein' (secondary structure, paper §4.1) or a local "
                             "JSON/JSONL/CSV/parquet")
-    group.add_argument("--hidden-size", type=int, default=d["hidden_size"])
-    group.add_argument("--layers", type=int, default=d["num_layers"])
-    group.add_argument("--heads", type=int, default=d["num_heads"])
-    group.add_argument("--kv-heads", type=int, default=d["num_kv_heads"])
+    group.add_argument("--hidden-size", type=int, default=d["hidden_size"],
+                       help="embedding width of every arm")
+    group.add_argument("--layers", type=int, default=d["num_layers"], help="decoder layers")
+    group.add_argument("--heads", type=int, default=d["num_heads"], help="attention heads")
+    group.add_argument("--kv-heads", type=int, default=d["num_kv_heads"],
+                       help="key/value heads")
     group.add_argument("--intermediate-size", type=int, default=d["intermediate_size"],
                        help="the standard model's FFN width; other arms match its size")
-    group.add_argument("--variants-per-template", type=int, default=d["variants_per_template"])
+    group.add_argument("--variants-per-template", type=int, default=d["variants_per_template"],
+                       help="GSM8K problems generated per template")
     group.add_argument("--max-proteins", type=int, default=d["max_proteins"],
                        help="--data protein: keep a seeded sample of this many distinct "
                             "sequences (default: all)")
+    group = parser.add_argument_group(
+        "GIN/PNA attention", "options of every GIN and PNA arm (a built-in or --arm arm's "
+                             "own options override them; the standard arm has none)")
+    _add_option_flags(group, GRAPH_FLAGS, graph_defaults())
 
 
 def _pretrain_settings(args) -> PretrainSettings:
@@ -106,7 +211,32 @@ def _pretrain_settings(args) -> PretrainSettings:
                             num_layers=args.layers, num_heads=args.heads,
                             num_kv_heads=args.kv_heads, intermediate_size=args.intermediate_size,
                             variants_per_template=args.variants_per_template,
-                            max_proteins=args.max_proteins)
+                            max_proteins=args.max_proteins,
+                            graph=_option_values(args, GRAPH_FLAGS))
+
+
+def _add_arm_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
+    if kind == "finetune":
+        builtins, defaults, base = FINETUNE_ARMS, FINETUNE_METHODS, "sparse-gin"
+        keys = "SparseGinConfig fields or hidden_dim_scale"
+        extra = {"choices": list(builtins)}
+        names = f": {', '.join(builtins)}"
+    else:
+        builtins, defaults, base = PRETRAIN_ARMS, PRETRAIN_ATTENTIONS, "gin"
+        keys = "GraphLlamaConfig graph options"
+        extra = {}
+        names = (f" ({', '.join(builtins)}; a GIN/PNA arm's name + -gamma<G> sets "
+                 "gin_mlp_multiplier=G, e.g. gin-gamma0.25)")
+    group = parser.add_argument_group("arms")
+    group.add_argument("--arms", nargs="*", default=list(defaults), metavar="ARM",
+                       help=f"built-in arms to run (none: only the --arm arms){names}",
+                       **extra)
+    group.add_argument("--arm", nargs="+", action="append", default=[],
+                       metavar=("NAME", "KEY=VALUE"),
+                       help=f"define and run one more arm, after --arms: base=ARM (a "
+                            f"built-in arm, default {base}) and {keys} that override its "
+                            f"options, e.g. --arm my-arm base={base} KEY=VALUE; lists are "
+                            f"comma-separated; repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,17 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("finetune", help="fine-tune a frozen LM with Sparse-GIN or LoRA",
-                       description="Fine-tune one arm and print its held-out metrics.")
-    p.add_argument("--method", required=True, choices=FINETUNE_METHODS)
+                       description="Fine-tune one arm and print its held-out metrics.",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--method", required=True, choices=list(FINETUNE_ARMS),
+                   help="the arm: Sparse-GIN, a built-in Sparse-GIN variant, or LoRA")
     _add_finetune_arguments(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data")
     _add_train_arguments(p)
 
     p = sub.add_parser("pretrain", help="train a GIN/PNA/standard-attention model from scratch",
-                       description="Train one from-scratch arm and print its held-out metrics.")
-    p.add_argument("--attention", required=True, choices=PRETRAIN_ATTENTIONS)
+                       description="Train one from-scratch arm and print its held-out metrics.",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--attention", required=True, metavar="ARM",
+                   help=f"the arm: {', '.join(PRETRAIN_ARMS)}, or a GIN/PNA arm's name + "
+                        "-gamma<G> (gin_mlp_multiplier=G, e.g. gin-gamma0.25)")
     _add_pretrain_arguments(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data")
     _add_train_arguments(p, {"learning_rate": 1e-3})
 
     p = sub.add_parser("compare", help="run all arms over seeds: results.json, table, figures",
@@ -136,18 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare_sub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     for kind, arms, add, lr in (("finetune", FINETUNE_METHODS, _add_finetune_arguments, None),
                                 ("pretrain", PRETRAIN_ATTENTIONS, _add_pretrain_arguments, 1e-3)):
-        c = compare_sub.add_parser(kind, help=f"compare {', '.join(arms)}",
-                                   description=f"Compare {', '.join(arms)} at matched size.")
-        c.add_argument("--arms", nargs="+", choices=arms, default=list(arms))
+        c = compare_sub.add_parser(kind, help=f"compare {', '.join(arms)} (or other arms)",
+                                   description=f"Compare {', '.join(arms)} (by default) or "
+                                               "other arms at matched size.",
+                                   formatter_class=HelpFormatter)
+        _add_arm_arguments(c, kind)
         c.add_argument("--seeds", type=int, default=1, help="number of seeds (0, 1, ...)")
         add(c)
         _add_train_arguments(c, {"learning_rate": lr} if lr else None)
 
     p = sub.add_parser("graph", help="draw a prompt's attention graph",
-                       description="Draw the attention adjacency and causal graph of a layer.")
+                       description="Draw the attention adjacency and causal graph of a layer.",
+                       formatter_class=HelpFormatter)
     p.add_argument("text", help="the prompt")
     p.add_argument("--model", default="smollm2", help="'smollm2' or a local model folder")
-    p.add_argument("--layer", type=int, default=0)
+    p.add_argument("--layer", type=int, default=0, help="the decoder layer to draw")
     p.add_argument("--alpha", type=float, default=10.0, help="sigmoid sharpening alpha")
     p.add_argument("--tau", type=float, default=0.1, help="sharpening offset tau")
     p.add_argument("--threshold", type=float, default=0.6, help="keep edges with A' > threshold")
@@ -158,10 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: Sparse-GIN vs LoRA on SmolLM2 + GSM8K",
                        description="A short Sparse-GIN vs LoRA comparison on SmolLM2-135M and "
-                                   "GSM8K (held-out templates), offline, on the CPU.")
+                                   "GSM8K (held-out templates), offline, on the CPU.",
+                       formatter_class=HelpFormatter)
     p.add_argument("--steps", type=int, default=DEMO_TRAIN["max_steps"])
     _add_output_arguments(p, "outputs/demo")
     return parser
+
+
+def compare_arms(args) -> list:
+    """``compare``'s arms: the ``--arms`` names, then the ``--arm`` definitions."""
+    define = define_finetune_arm if args.kind == "finetune" else define_pretrain_arm
+    return [*args.arms, *(define(name, assignments) for name, *assignments in args.arm)]
 
 
 def _seed_list(count: int) -> list[int]:
@@ -245,7 +390,7 @@ def run(args) -> int:
         out = args.output_dir or f"outputs/compare-{args.kind}"
         settings = (_finetune_settings(args) if args.kind == "finetune"
                     else _pretrain_settings(args))
-        _print_comparison(compare(args.kind, args.arms, _seed_list(args.seeds),
+        _print_comparison(compare(args.kind, compare_arms(args), _seed_list(args.seeds),
                                   _train_settings(args, 0, out), settings, out,
                                   overwrite=args.overwrite))
     elif args.command == "graph":

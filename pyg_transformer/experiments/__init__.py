@@ -1,31 +1,44 @@
 """End-to-end comparisons: fine-tuning (Sparse-GIN vs LoRA) and pre-training (GIN/PNA vs
 standard attention) on :class:`transformers.Trainer`, with tables and figures."""
 
+from pyg_transformer.experiments.arms import Arm
 from pyg_transformer.experiments.compare import compare, iter_runs, markdown_table, summarise
 from pyg_transformer.experiments.finetune import (
+    FINETUNE_ARMS,
     FINETUNE_METHODS,
     FinetuneSettings,
+    define_finetune_arm,
     load_base_model,
     run_finetune,
+    sparse_gin_config_for,
 )
 from pyg_transformer.experiments.pretrain import (
+    GRAPH_OPTIONS,
+    PRETRAIN_ARMS,
     PRETRAIN_ATTENTIONS,
     PretrainSettings,
     build_matched_config,
+    define_pretrain_arm,
     run_pretrain,
 )
 from pyg_transformer.experiments.runner import ArmResult, TrainSettings, train_arm
 from pyg_transformer.experiments.runs import load_run, run_dir
 
 __all__ = [
+    "FINETUNE_ARMS",
     "FINETUNE_METHODS",
+    "GRAPH_OPTIONS",
+    "PRETRAIN_ARMS",
     "PRETRAIN_ATTENTIONS",
+    "Arm",
     "ArmResult",
     "FinetuneSettings",
     "PretrainSettings",
     "TrainSettings",
     "build_matched_config",
     "compare",
+    "define_finetune_arm",
+    "define_pretrain_arm",
     "iter_runs",
     "load_base_model",
     "load_run",
@@ -33,6 +46,7 @@ __all__ = [
     "run_dir",
     "run_finetune",
     "run_pretrain",
+    "sparse_gin_config_for",
     "summarise",
     "train_arm",
 ]

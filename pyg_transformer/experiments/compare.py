@@ -10,17 +10,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pyg_transformer.experiments.arms import Arm
 from pyg_transformer.experiments.finetune import (
-    FINETUNE_METHODS,
     FinetuneSettings,
+    finetune_arm,
     load_base_model,
     load_finetune_data,
     run_finetune,
 )
 from pyg_transformer.experiments.pretrain import (
-    PRETRAIN_ATTENTIONS,
     PretrainSettings,
     load_pretrain_data,
+    pretrain_arm,
     run_pretrain,
 )
 from pyg_transformer.experiments.runner import ArmResult, TrainSettings, is_main_process
@@ -124,31 +125,52 @@ def write_figures(runs: dict[str, list[ArmResult]], out_dir: Path) -> list[Path]
     return figures
 
 
-def check_plan(kind: str, arms: list[str], seeds: list[int]) -> None:
-    """Raise ``ValueError`` for an unknown ``kind``, unknown or repeated arms, or seeds
-    that are not distinct non-negative ints."""
-    allowed = {"finetune": FINETUNE_METHODS, "pretrain": PRETRAIN_ATTENTIONS}
-    if kind not in allowed:
+def resolve_arms(kind: str, arms: list[str | Arm],
+                 settings: FinetuneSettings | PretrainSettings | None = None) -> list[Arm]:
+    """``arms`` (built-in arms' names or :class:`~pyg_transformer.experiments.arms.Arm`)
+    as checked arms of ``kind``.
+
+    Raises:
+        ValueError: an unknown ``kind``, no arms, an unknown or bad arm, or a repeated
+            name.
+    """
+    if kind not in ("finetune", "pretrain"):
         raise ValueError(f"kind must be 'finetune' or 'pretrain', got {kind!r}")
-    unknown = [a for a in arms if a not in allowed[kind]]
-    if not arms or unknown:
-        raise ValueError(f"arms must be a non-empty subset of {allowed[kind]}, got {arms!r}")
-    if len(set(arms)) < len(arms):
-        raise ValueError(f"arms must not repeat, got {list(arms)!r}")
+    if isinstance(arms, (str, Arm)) or not arms:
+        raise ValueError(f"arms must be a non-empty list of arms, got {arms!r}")
+    if kind == "finetune":
+        resolved = [finetune_arm(arm) for arm in arms]
+    else:
+        resolved = [pretrain_arm(arm, settings) for arm in arms]
+    names = [arm.name for arm in resolved]
+    if len(set(names)) < len(names):
+        raise ValueError(f"arms must not repeat, got {names!r}")
+    return resolved
+
+
+def check_plan(kind: str, arms: list[str | Arm], seeds: list[int],
+               settings: FinetuneSettings | PretrainSettings | None = None) -> list[Arm]:
+    """The arms of :func:`resolve_arms`; raise ``ValueError`` for bad arms or seeds that
+    are not distinct non-negative ints."""
+    resolved = resolve_arms(kind, arms, settings)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise ValueError(f"seeds must be a non-empty list of ints >= 0, got {seeds!r}")
     if len(set(seeds)) < len(seeds):
         raise ValueError(f"seeds must not repeat, got {list(seeds)!r}")
+    return resolved
 
 
-def iter_runs(kind: str, arms: list[str], seeds: list[int], train: TrainSettings,
+def iter_runs(kind: str, arms: list[str | Arm], seeds: list[int], train: TrainSettings,
               settings: FinetuneSettings | PretrainSettings, out_dir: str | os.PathLike, *,
               overwrite: bool = False, callbacks=None) -> Iterator[ArmResult]:
     """Train every (arm, seed) run into ``out_dir/runs/<arm>-seed<seed>/``, or resume it.
 
-    Yields each run's :class:`ArmResult` as soon as the run is finished and saved
-    (seed by seed, arms in order). Before anything is trained, ``out_dir`` is checked and
-    its ``experiment.json`` compared with this configuration
+    ``arms`` are built-in arms' names (:data:`~pyg_transformer.experiments.finetune.FINETUNE_ARMS`,
+    :data:`~pyg_transformer.experiments.pretrain.PRETRAIN_ARMS`) or
+    :class:`~pyg_transformer.experiments.arms.Arm` definitions. Yields each run's
+    :class:`ArmResult` as soon as the run is finished and saved (seed by seed, arms in
+    order). Before anything is trained, ``out_dir`` is checked and its
+    ``experiment.json`` compared with this configuration
     (:func:`~pyg_transformer.experiments.runs.prepare_output_dir`): a run whose folder is
     complete is loaded from its ``result.json`` instead of being trained again, and a
     folder of another configuration is refused unless ``overwrite`` (which removes its
@@ -158,14 +180,14 @@ def iter_runs(kind: str, arms: list[str], seeds: list[int], train: TrainSettings
         ValueError: a bad plan (see :func:`check_plan`), an unwritable ``out_dir`` or one
             holding runs of another configuration.
     """
-    check_plan(kind, arms, seeds)
-    out = prepare_output_dir(out_dir, experiment_config(kind, train, settings),
+    arms = check_plan(kind, arms, seeds, settings)
+    out = prepare_output_dir(out_dir, experiment_config(kind, train, settings, arms),
                              overwrite=overwrite)
     base = None
     for seed in seeds:
         datasets = None
         for arm in arms:
-            directory = run_dir(out, arm, seed)
+            directory = run_dir(out, arm.name, seed)
             result = None if overwrite else load_run(directory, kind)
             if result is not None:
                 logger.info("resuming: %s already finished, loaded from %s",
@@ -187,7 +209,7 @@ def iter_runs(kind: str, arms: list[str], seeds: list[int], train: TrainSettings
                                    callbacks=callbacks)
 
 
-def compare(kind: str, arms: list[str], seeds: list[int], train: TrainSettings,
+def compare(kind: str, arms: list[str | Arm], seeds: list[int], train: TrainSettings,
             settings: FinetuneSettings | PretrainSettings, out_dir: str | os.PathLike, *,
             overwrite: bool = False, callbacks=None) -> dict[str, Any]:
     """Run ``arms`` x ``seeds`` with identical data, steps and seeds.
@@ -206,12 +228,13 @@ def compare(kind: str, arms: list[str], seeds: list[int], train: TrainSettings,
             configuration (unless ``overwrite``, which replaces them).
     """
     out = Path(out_dir)
-    runs: dict[str, list[ArmResult]] = {arm: [] for arm in arms}
+    arms = check_plan(kind, arms, seeds, settings)
+    runs: dict[str, list[ArmResult]] = {arm.name: [] for arm in arms}
     for result in iter_runs(kind, arms, seeds, train, settings, out, overwrite=overwrite,
                             callbacks=callbacks):
         runs[result.arm].append(result)
         if is_main_process():  # under torchrun every rank trains; rank 0 reports
-            results = write_results(out, kind, seeds, train, settings, runs)
+            results = write_results(out, kind, seeds, train, settings, runs, arms)
     if not is_main_process():
         return {"summary": summarise(runs), "table": "", "figures": []}
     results["figures"] = [str(p) for p in write_figures(runs, out)]
@@ -220,16 +243,17 @@ def compare(kind: str, arms: list[str], seeds: list[int], train: TrainSettings,
 
 def write_results(out_dir: Path, kind: str, seeds: list[int], train: TrainSettings,
                   settings: FinetuneSettings | PretrainSettings,
-                  runs: dict[str, list[ArmResult]]) -> dict[str, Any]:
+                  runs: dict[str, list[ArmResult]], arms: list[Arm]) -> dict[str, Any]:
     """Replace ``results.json`` and ``results.md`` with the runs finished so far.
 
     ``results.json`` holds the configuration (``kind``, ``arms``, ``seeds``,
-    ``train_settings``, ``settings``), ``complete`` (whether every arm has every seed), the
-    summary and every run; returns it with the table under ``"table"``.
+    ``train_settings``, ``settings``, ``arm_definitions``), ``complete`` (whether every
+    arm has every seed), the summary and every run; returns it with the table under
+    ``"table"``.
     """
     summary = summarise(runs)
     results = {
-        **experiment_config(kind, train, settings),
+        **experiment_config(kind, train, settings, arms),
         "arms": list(runs),
         "seeds": list(seeds),
         "complete": all(len(r) == len(seeds) for r in runs.values()),

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from typing import Any
 
+from pyg_transformer.experiments.arms import Arm, define_arm
 from pyg_transformer.experiments.runner import (
     ArmResult,
     TrainSettings,
@@ -17,9 +20,121 @@ from pyg_transformer.experiments.runs import save_run
 
 logger = logging.getLogger(__name__)
 
+#: what a pre-training arm trains; also the arms that ``compare pretrain`` runs by default
 PRETRAIN_ATTENTIONS = ("gin", "pna", "standard")
 #: the built-in data sets of :class:`PretrainSettings` (besides local files)
 PRETRAIN_DATA = ("gsm", "protein")
+#: the graph options of :class:`~pyg_transformer.GraphLlamaConfig` that settings and arms
+#: may set (GIN and PNA arms; the standard arm has none)
+GRAPH_OPTIONS = ("adjacency_activation", "sharpening", "sharpening_init", "adjacency_beta",
+                 "adjacency_tau", "adjacency_tau_trainable", "top_k", "gin_mlp_multiplier",
+                 "gin_eps_init", "use_o_proj", "value_projection", "pna_aggregators",
+                 "pna_blend", "graph_backend")
+#: the built-in pre-training arms: the reference, the paper's best GIN and PNA, and the
+#: variants of its Fig. 6; their options override the settings' graph options. Any GIN/PNA
+#: arm's name followed by ``-gamma<G>`` (e.g. ``gin-gamma0.25``) is that arm with
+#: ``gin_mlp_multiplier=G`` (Fig. 8).
+PRETRAIN_ARMS = {arm.name: arm for arm in (
+    Arm("gin", "gin"),
+    Arm("gin-no-sharpening", "gin", {"sharpening": False}),
+    Arm("gin-o-proj", "gin", {"use_o_proj": True}),
+    Arm("gin-sharp-softplus", "gin", {"adjacency_activation": "sharp_softplus"}),
+    Arm("pna", "pna"),
+    Arm("pna-sharp-softplus", "pna", {"adjacency_activation": "sharp_softplus"}),
+    Arm("pna-blend", "pna", {"pna_blend": True}),
+    Arm("standard", "standard"),
+)}
+_GAMMA_ARM = re.compile(r"(?P<base>.+)-gamma(?P<gamma>[0-9]*\.?[0-9]+)\Z")
+
+
+def graph_option_types() -> dict[str, str]:
+    """:data:`GRAPH_OPTIONS` -> their annotation strings."""
+    from pyg_transformer.models import GraphLlamaConfig
+
+    return {name: GraphLlamaConfig.__annotations__[name] for name in GRAPH_OPTIONS}
+
+
+def graph_defaults() -> dict[str, Any]:
+    """The default of every :data:`GRAPH_OPTIONS` option (lists for tuples)."""
+    from pyg_transformer.models import GraphLlamaConfig
+
+    return {name: _plain(getattr(GraphLlamaConfig, name)) for name in GRAPH_OPTIONS}
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_graph_options(options: dict[str, Any], attention: str, where: str,
+                        settings: PretrainSettings | None = None) -> dict[str, Any]:
+    """``options`` checked by building a :class:`~pyg_transformer.GraphLlamaConfig` of
+    ``attention`` with them (the shape of ``settings``, else a small one).
+
+    Raises:
+        ValueError: prefixed with ``where``, naming an unknown option or a bad value.
+    """
+    from pyg_transformer.models import GraphLlamaConfig
+
+    if not isinstance(options, dict):
+        raise ValueError(f"{where} must be a dict of GraphLlamaConfig options, got "
+                         f"{options!r}")
+    unknown = [key for key in options if key not in GRAPH_OPTIONS]
+    if unknown:
+        raise ValueError(f"{where}: unknown graph option {unknown[0]!r} (options: "
+                         f"{', '.join(GRAPH_OPTIONS)})")
+    shape = settings or PretrainSettings()
+    try:
+        GraphLlamaConfig(attention_type=attention, vocab_size=8,
+                         hidden_size=shape.hidden_size, num_attention_heads=shape.num_heads,
+                         num_key_value_heads=shape.num_kv_heads, num_hidden_layers=1,
+                         intermediate_size=shape.intermediate_size, **options)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from None
+    return {key: _plain(value) for key, value in options.items()}
+
+
+def pretrain_arm(arm: str | Arm, settings: PretrainSettings | None = None) -> Arm:
+    """The built-in arm called ``arm`` (see :data:`PRETRAIN_ARMS`, ``-gamma<G>`` names
+    included), or ``arm`` checked; with ``settings``, its options merged with the
+    settings' are checked too.
+
+    Raises:
+        ValueError: an unknown name or method, options on the standard arm, or a bad
+            option value.
+    """
+    if isinstance(arm, str):
+        name, match = arm, _GAMMA_ARM.match(arm)
+        if name in PRETRAIN_ARMS:
+            arm = PRETRAIN_ARMS[name]
+        elif match and match["base"] in PRETRAIN_ARMS:
+            base = PRETRAIN_ARMS[match["base"]]
+            arm = Arm(name, base.method,
+                      {**base.options, "gin_mlp_multiplier": float(match["gamma"])})
+        else:
+            raise ValueError(f"unknown pre-training arm {name!r}; built-in arms: "
+                             f"{', '.join(PRETRAIN_ARMS)}, or one of them (not standard) "
+                             "followed by -gamma<G>, e.g. gin-gamma0.25")
+    if arm.method not in PRETRAIN_ATTENTIONS:
+        raise ValueError(f"arm {arm.name!r}: method must be one of {PRETRAIN_ATTENTIONS}, "
+                         f"got {arm.method!r}")
+    if arm.method == "standard":
+        if arm.options:
+            raise ValueError(f"arm {arm.name!r}: the standard-attention arm takes no graph "
+                             f"options, got {arm.options!r}")
+        return arm
+    where = f"arm {arm.name!r}"
+    arm = Arm(arm.name, arm.method, check_graph_options(arm.options, arm.method, where))
+    if settings is not None:
+        check_graph_options({**settings.graph, **arm.options}, arm.method, where, settings)
+    return arm
+
+
+def define_pretrain_arm(name: str, assignments: list[str]) -> Arm:
+    """A pre-training arm from ``KEY=VALUE`` texts: ``base=`` a built-in arm (default
+    ``gin``), the other keys :data:`GRAPH_OPTIONS` (see
+    :func:`~pyg_transformer.experiments.arms.define_arm`)."""
+    return pretrain_arm(define_arm(name, assignments, PRETRAIN_ARMS, "gin",
+                                   graph_option_types()))
 
 
 @dataclass
@@ -39,6 +154,10 @@ class PretrainSettings:
         variants_per_template: GSM8K problems generated per template.
         max_proteins: protein data only: keep a seeded sample of this many distinct
             sequences (``None``: all).
+        graph: :data:`GRAPH_OPTIONS` of :class:`~pyg_transformer.GraphLlamaConfig` for
+            every GIN and PNA arm (an arm's own options override them; the standard arm
+            ignores them). Values equal to the config's defaults are dropped, so that
+            giving a default changes nothing.
     """
 
     data: str = "gsm"
@@ -49,6 +168,7 @@ class PretrainSettings:
     intermediate_size: int = 256
     variants_per_template: int = 4
     max_proteins: int | None = None
+    graph: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         check_int_fields(self, ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
@@ -64,6 +184,11 @@ class PretrainSettings:
             if self.data != "protein":
                 raise ValueError(f"max_proteins applies to data='protein' only, got "
                                  f"data={self.data!r}")
+        # PNA accepts every graph option GIN does, and pna_blend; each arm checks its own
+        defaults = graph_defaults()
+        self.graph = {key: value for key, value in
+                      check_graph_options(self.graph, "pna", "graph", self).items()
+                      if value != defaults[key]}
 
 
 def load_pretrain_data(settings: PretrainSettings, seed: int, max_length: int):
@@ -91,12 +216,14 @@ def load_pretrain_data(settings: PretrainSettings, seed: int, max_length: int):
     return load_local_dataset(settings.data, "pretrain", seed=seed)
 
 
-def _config(attention: str, settings: PretrainSettings, vocab_size: int, tokenizer,
+def _config(arm: Arm, settings: PretrainSettings, vocab_size: int, tokenizer,
             intermediate_size: int, max_length: int):
     from pyg_transformer.models import GraphLlamaConfig
 
+    options = {} if arm.method == "standard" else {**settings.graph, **arm.options}
     return GraphLlamaConfig(
-        attention_type=attention,
+        attention_type=arm.method,
+        **options,
         vocab_size=vocab_size,
         hidden_size=settings.hidden_size,
         intermediate_size=intermediate_size,
@@ -111,33 +238,40 @@ def _config(attention: str, settings: PretrainSettings, vocab_size: int, tokeniz
     )
 
 
-def build_matched_config(attention: str, settings: PretrainSettings, tokenizer,
+def build_matched_config(attention: str | Arm, settings: PretrainSettings, tokenizer,
                          max_length: int):
-    """The ``attention`` arm's config, its FFN width fitted to the reference's size.
+    """The config of the arm ``attention`` (a built-in arm's name, see
+    :data:`PRETRAIN_ARMS`, or an :class:`~pyg_transformer.experiments.arms.Arm`): the
+    settings' graph options overridden by the arm's, its FFN width fitted to the size of
+    the standard (reference) model.
 
     The parameter count is affine in ``intermediate_size`` (three ``D x I`` matrices per
     layer), so two probes give the width whose count is closest to the standard model's.
     """
     from pyg_transformer.models import GraphLlamaForCausalLM
 
-    if attention not in PRETRAIN_ATTENTIONS:
-        raise ValueError(f"attention must be one of {PRETRAIN_ATTENTIONS}, got {attention!r}")
+    arm = pretrain_arm(attention, settings)
     vocab = len(tokenizer)
 
-    def count(kind: str, width: int) -> int:
+    def count(kind: Arm, width: int) -> int:
         config = _config(kind, settings, vocab, tokenizer, width, max_length)
         return GraphLlamaForCausalLM(config).num_parameters()
 
-    target = count("standard", settings.intermediate_size)
-    base = count(attention, 1)
-    per_unit = count(attention, 2) - base
-    width = max(1, round(1 + (target - base) / per_unit))
-    return _config(attention, settings, vocab, tokenizer, width, max_length)
+    target = count(PRETRAIN_ARMS["standard"], settings.intermediate_size)
+    base = count(arm, 1)
+    per_unit = count(arm, 2) - base
+    width = round(1 + (target - base) / per_unit)
+    if width < 1:
+        logger.warning("%s: larger than the standard model even with intermediate_size=1 "
+                       "(%d vs %d parameters)", arm.name, base, target)
+    return _config(arm, settings, vocab, tokenizer, max(1, width), max_length)
 
 
-def run_pretrain(attention: str, settings: PretrainSettings, train: TrainSettings,
+def run_pretrain(attention: str | Arm, settings: PretrainSettings, train: TrainSettings,
                  datasets=None, tokenizer=None, callbacks=None) -> ArmResult:
-    """Train one arm from scratch, evaluate it on the held-out split and save it.
+    """Train one arm from scratch (a built-in arm's name or an
+    :class:`~pyg_transformer.experiments.arms.Arm`, see :func:`build_matched_config`),
+    evaluate it on the held-out split and save it.
 
     The model and its tokenizer (``save_pretrained``: ``config.json`` +
     ``model.safetensors`` + tokenizer files, loadable with ``AutoModelForCausalLM`` /
@@ -161,10 +295,11 @@ def run_pretrain(attention: str, settings: PretrainSettings, train: TrainSetting
     elif tokenizer is None:
         tokenizer = train_char_tokenizer(datasets["train"]["text"],
                                          model_max_length=train.max_length)
+    arm = pretrain_arm(attention, settings)
     set_seed(train.seed)
-    config = build_matched_config(attention, settings, tokenizer, train.max_length)
+    config = build_matched_config(arm, settings, tokenizer, train.max_length)
     model = GraphLlamaForCausalLM(config)
-    result = train_arm(attention, model, tokenizer, datasets, train, text_column="text",
+    result = train_arm(arm.name, model, tokenizer, datasets, train, text_column="text",
                        scoring="protein_ss" if protein else "number", callbacks=callbacks)
     if is_main_process():
         save_run(train.output_dir, result, model, tokenizer)

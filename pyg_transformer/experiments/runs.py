@@ -3,6 +3,7 @@
 Layout of ``out_dir``::
 
     experiment.json                 the shared configuration (kind, train settings, settings)
+                                    and the definition of every arm with runs
     runs/<arm>-seed<N>/result.json  ArmResult.to_dict() of the run
     runs/<arm>-seed<N>/...          its weights: adapter_config.json +
                                     adapter_model.safetensors (fine-tuning), or
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -29,6 +31,8 @@ from typing import Any
 from pyg_transformer.experiments.runner import ArmResult, TrainSettings, is_main_process
 
 EXPERIMENT_NAME = "experiment.json"
+#: the key of ``experiment.json`` holding each arm's method and options
+ARM_DEFINITIONS = "arm_definitions"
 RESULT_NAME = "result.json"
 RUNS_DIR = "runs"
 #: the comparison's files (``compare.write_results`` and ``write_figures``), removed with
@@ -72,15 +76,19 @@ def check_output_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def experiment_config(kind: str, train: TrainSettings, settings: Any) -> dict[str, Any]:
+def experiment_config(kind: str, train: TrainSettings, settings: Any,
+                      arms: list | None = None) -> dict[str, Any]:
     """The configuration that every run in one output folder shares (JSON-ready).
 
-    ``kind``, the train settings without the per-run ``seed``/``output_dir``, and the
-    fine-tuning or pre-training settings. Arms and seeds are not part of it: each (arm,
-    seed) run is finished or not on its own.
+    ``kind``, the train settings without the per-run ``seed``/``output_dir``, the
+    fine-tuning or pre-training settings, and under ``"arm_definitions"`` the method and
+    options of each of ``arms`` (:class:`~pyg_transformer.experiments.arms.Arm`). Which
+    arms and seeds run is not part of it: each (arm, seed) run is finished or not on its
+    own, and an arm's definition only has to match that of its earlier runs.
     """
     train_settings = {k: v for k, v in asdict(train).items() if k not in PER_RUN_FIELDS}
-    config = {"kind": kind, "train": train_settings, "settings": asdict(settings)}
+    config = {"kind": kind, "train": train_settings, "settings": asdict(settings),
+              ARM_DEFINITIONS: {arm.name: arm.to_dict() for arm in arms or []}}
     return json.loads(json.dumps(config))  # as it reads back from experiment.json
 
 
@@ -91,7 +99,9 @@ def prepare_output_dir(out_dir: str | os.PathLike, config: dict[str, Any], *,
     A folder holding runs of the same configuration is kept (its finished runs resume);
     one holding runs of another configuration is refused, unless ``overwrite``, which
     removes its runs, results and figures first. A folder without runs is used as it is.
-    Only the main process writes.
+    Arm definitions are compared for the arms that have finished runs only; the saved
+    definitions of those arms are kept alongside the new ones. Only the main process
+    writes.
 
     Raises:
         ValueError: ``out_dir`` is not writable, or holds runs of another configuration
@@ -103,10 +113,17 @@ def prepare_output_dir(out_dir: str | os.PathLike, config: dict[str, Any], *,
             clear_outputs(out)
     else:
         saved = saved_config(out)
-        if saved is not None and saved != config:
-            differences = "; ".join(config_differences(saved, config))
-            raise ValueError(f"output directory {str(out)!r} holds runs of another "
-                             f"configuration ({differences}); {_REPLACE_HINT}")
+        if saved is not None:
+            finished = finished_arms(out)
+            old = {k: v for k, v in saved.get(ARM_DEFINITIONS, {}).items() if k in finished}
+            new = config.get(ARM_DEFINITIONS, {})
+            differences = config_differences(
+                {**saved, ARM_DEFINITIONS: {k: v for k, v in old.items() if k in new}},
+                {**config, ARM_DEFINITIONS: {k: v for k, v in new.items() if k in old}})
+            if differences:
+                raise ValueError(f"output directory {str(out)!r} holds runs of another "
+                                 f"configuration ({'; '.join(differences)}); {_REPLACE_HINT}")
+            config = {**config, ARM_DEFINITIONS: {**old, **new}}
     if is_main_process():
         write_json(out / EXPERIMENT_NAME, config)
     return out
@@ -123,6 +140,16 @@ def holds_runs(out_dir: Path) -> bool:
     return ((out_dir / "results.json").exists()
             or runs.is_dir() and any((p / RESULT_NAME).is_file() for p in runs.iterdir()
                                      if not p.name.endswith(".partial")))
+
+
+def finished_arms(out_dir: Path) -> set[str]:
+    """The arms with at least one finished run (``runs/<arm>-seed<N>/result.json``)."""
+    runs = out_dir / RUNS_DIR
+    if not runs.is_dir():
+        return set()
+    return {match[1] for path in runs.iterdir()
+            if (match := re.fullmatch(r"(.+)-seed\d+", path.name))
+            and (path / RESULT_NAME).is_file()}
 
 
 def saved_config(out_dir: Path) -> dict[str, Any] | None:
