@@ -1,4 +1,4 @@
-"""External adjacency (SPEC §5) in GIN-/PNA-Attention: causal, padding-aware, both backends."""
+"""External adjacency in GIN-/PNA-Attention: causal, padding-aware, both backends."""
 
 import pytest
 import torch

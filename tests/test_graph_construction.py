@@ -59,7 +59,8 @@ def random_probs(B, H, Tq, Tk, offset=0, generator=None):
 
 def dense_reference(attn, mask, *, head_reduction="sum", clamp=1.0, alpha=None, tau=0.0,
                     threshold=0.0, top_k=None, offset=0):
-    """The SPEC §4 adjacency written densely, row by row, for comparison."""
+    """The Sparse-GIN adjacency (head reduction, clamp, sharpening, threshold) written
+    densely, row by row, for comparison."""
     reduce = {"sum": attn.sum(1), "mean": attn.mean(1), "max": attn.amax(1)}[head_reduction]
     A = reduce if attn.dim() == 4 else attn
     if clamp is not None:
@@ -357,7 +358,7 @@ def test_invalid_shapes_raise():
 
 @pytest.mark.parametrize("prefix_len", [0, 5])
 def test_external_adjacency_is_added_before_sharpening(prefix_len):
-    """SPEC §5: A' = sigmoid(alpha (min(1, sum_h A_h + E) - tau)), causal and padding rules
+    """External adjacency: A' = sigmoid(alpha (min(1, sum_h A_h + E) - tau)), causal and padding rules
     unchanged; qk_to_graph equals the definition written on eager probabilities."""
     torch.manual_seed(3)
     B, H, Hkv, T, d = 2, 4, 2, 10, 8

@@ -259,7 +259,7 @@ def test_empty_graphs():
 
 # --------------------------------------------------------------------------- equivalence
 def _reference_logits(eager, adapted, ids, attention_mask, config):
-    """SPEC §4 from the eager model's attention probabilities and plain torch ops."""
+    """The adapter's math from the eager model's attention probabilities and plain torch ops."""
     inner = eager.model
     B, T = ids.shape
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -569,3 +569,35 @@ def test_decode_step_keeps_graph_stats():
     assert torch.allclose(graph.edge_weight, full.edge_weight[last_row], atol=1e-6)
     stats = adapted.graph_stats()[0]
     assert stats["edges"] == graph.num_edges and stats["mean_degree"] == graph.num_edges
+
+
+# --------------------------------------------------------------------------- ablation
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_no_cross_token_edges_passes_no_message(arch):
+    """On a content-blind base model (uniform attention that adds nothing to the residual,
+    so each position depends on its own token only), perturbing token k changes later
+    positions only through the adapter's messages: not at all with
+    ``cross_token_edges=False``, and with the default."""
+    model = make_model(arch)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".self_attn." in name or ".attn." in name:  # q = k = 0: uniform; output 0
+                param.zero_()
+    T, k = 10, 3
+    ids = torch.randint(0, VOCAB, (1, T))
+    other = ids.clone()
+    other[0, k] = (other[0, k] + 1) % VOCAB
+    counts, changes = {}, {}
+    for cross in (True, False):
+        adapted = get_sparse_gin_model(clone(model), adapter_config(epsilon=0.3,
+                                                                    cross_token_edges=cross))
+        with torch.no_grad():
+            a, b = adapted(input_ids=ids).logits, adapted(input_ids=other).logits
+            stats = adapted.base_model.graph_stats()
+        counts[cross] = adapted.get_nb_trainable_parameters()[0]
+        changes[cross] = (a - b).abs()[0].amax(dim=-1)
+        assert torch.equal(changes[cross][:k], torch.zeros(k))  # causality either way
+        assert all(s["cross_token_edges"] == 0 for s in stats.values()) == (not cross)
+    assert counts[True] == counts[False]
+    assert float(changes[True][k + 1:].min()) > 1e-4  # messages carry the change forward
+    assert torch.equal(changes[False][k + 1:], torch.zeros(T - k - 1))  # and nothing else

@@ -43,8 +43,8 @@ def test_save_load_round_trip_our_api(tmp_path, gnn_type):
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["peft_type"] == "SPARSE_GIN" and saved["gnn_type"] == gnn_type
     keys = list(load_file(tmp_path / "adapter_model.safetensors"))
-    assert keys and all(re.match(r"base_model\.model\.model\.layers\.\d\.sparse_gin\.sparse_gin_", k)
-                        for k in keys)
+    pattern = r"base_model\.model\.model\.layers\.\d\.sparse_gin\.sparse_gin_"
+    assert keys and all(re.match(pattern, k) for k in keys)
     assert not any(".default." in k for k in keys)
     loaded = SparseGinPeftModel.from_pretrained(twin, tmp_path)
     assert not any(p.requires_grad for p in loaded.parameters())

@@ -1,4 +1,4 @@
-"""Configuration of the Sparse-GIN adapter (SPEC §4)."""
+"""Configuration of the Sparse-GIN adapter (a GNN over a frozen LM's attention graph)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ class SparseGinConfig(PeftConfig):
     r"""Configuration of a Sparse-GIN adapter: a small GNN after each attention block of a
     frozen causal LM, passing messages over the model's own sparsified attention graph.
 
-    Per adapted decoder layer :math:`l` (SPEC §4):
+    Per adapted decoder layer :math:`l`, with :math:`A_h` the frozen model's attention
+    probabilities of head :math:`h`:
 
     .. math::
         A' = \sigma\bigl(\alpha(\min(1, \operatorname{reduce}_h A_h) - \tau)\bigr),

@@ -21,7 +21,7 @@ PNA_SCALERS = ["identity", "amplification", "attenuation"]
 
 
 class SparseGinGNN(nn.Module):
-    r"""The GNN of one adapted decoder layer (SPEC §4).
+    r"""The GNN of one adapted decoder layer.
 
     .. math::
         H_0 = \operatorname{Linear_{in}}(X), \qquad

@@ -601,7 +601,8 @@ class SparseGinPeftModel(PeftModelForCausalLM):
                 for folder in folders:
                     target = os.path.normpath(os.path.join(save_directory, folder, CONFIG_NAME))
                     if os.path.exists(target):
-                        with open(os.path.join(staging, folder, CONFIG_NAME), encoding="utf-8") as f:
+                        staged = os.path.join(staging, folder, CONFIG_NAME)
+                        with open(staged, encoding="utf-8") as f:
                             _check_same_adapter_config(target, json.load(f))
             for folder in folders:
                 os.makedirs(os.path.join(save_directory, folder), exist_ok=True)
