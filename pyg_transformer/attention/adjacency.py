@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pyg_transformer.graph import AttentionGraph
 from pyg_transformer.graph.construction import causal_valid_mask
+from pyg_transformer.options import ADJACENCY_ACTIVATIONS
 
 __all__ = [
     "ADJACENCY_ACTIVATIONS",
@@ -43,7 +44,6 @@ __all__ = [
     "score_scale",
 ]
 
-ADJACENCY_ACTIVATIONS = ("softmax", "sigmoid", "sharp_softplus", "relu_threshold", "top_k")
 #: activations whose adjacency has exact zeros (a sparse graph): ``graph_backend="auto"``
 #: runs them on the PyG backend.
 SPARSE_ACTIVATIONS = ("relu_threshold", "top_k")

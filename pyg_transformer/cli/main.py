@@ -9,8 +9,6 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from pyg_transformer.adapters.sparse_gin.config import GNN_TYPES, SCALE_INITS
-from pyg_transformer.attention.adjacency import ADJACENCY_ACTIVATIONS
 from pyg_transformer.experiments.arms import parse_value
 from pyg_transformer.experiments.finetune import (
     FINETUNE_ARMS,
@@ -26,9 +24,14 @@ from pyg_transformer.experiments.pretrain import (
     define_pretrain_arm,
     graph_defaults,
 )
-from pyg_transformer.experiments.runner import TrainSettings, is_main_process
 from pyg_transformer.experiments.runs import check_output_dir, run_dir
-from pyg_transformer.graph import HEAD_REDUCTIONS
+from pyg_transformer.experiments.settings import TrainSettings, is_main_process
+from pyg_transformer.options import (
+    ADJACENCY_ACTIVATIONS,
+    GNN_TYPES,
+    HEAD_REDUCTIONS,
+    SCALE_INITS,
+)
 
 PROG = "pyg-transformer"
 
@@ -239,6 +242,23 @@ def _add_arm_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
                             f"comma-separated; repeatable")
 
 
+#: the resolved settings a command writes next to its results (``--config`` reads it back)
+CONFIG_NAME = "config.json"
+#: argparse destinations that are no settings (not written to, nor read from, a config)
+NOT_CONFIG = ("command", "kind", "config", "overwrite")
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", default=None,
+        help="read the options from a YAML or JSON file of {option: value} (option names "
+             f"as in {CONFIG_NAME}: the long flags, e.g. steps, gin_mlp_multiplier); options "
+             "given on the "
+             f"command line win. Every run writes its resolved options to "
+             f"<output-dir>/{CONFIG_NAME}, so `{PROG} --config <output-dir>/{CONFIG_NAME}` "
+             "re-runs it exactly")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -254,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data")
     _add_train_arguments(p)
+    _add_config_argument(p)
 
     p = sub.add_parser("pretrain", help="train a GIN/PNA/standard-attention model from scratch",
                        description="Train one from-scratch arm and print its held-out metrics.",
@@ -264,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data")
     _add_train_arguments(p, {"learning_rate": 1e-3})
+    _add_config_argument(p)
 
     p = sub.add_parser("compare", help="run all arms over seeds: results.json, table, figures",
                        description="Run every arm with the same data, steps and seeds; write "
@@ -279,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--seeds", type=int, default=1, help="number of seeds (0, 1, ...)")
         add(c)
         _add_train_arguments(c, {"learning_rate": lr} if lr else None)
+        _add_config_argument(c)
 
     p = sub.add_parser("graph", help="draw a prompt's attention graph",
                        description="Draw the attention adjacency and causal graph of a layer.",
@@ -293,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="outputs/graph", help="where the two PNGs go")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the layer's PNGs if --output-dir has them already")
+    _add_config_argument(p)
 
     p = sub.add_parser("demo", help="the main job: Sparse-GIN vs LoRA on SmolLM2 + GSM8K",
                        description="A short Sparse-GIN vs LoRA comparison on SmolLM2-135M and "
@@ -300,7 +324,135 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=HelpFormatter)
     p.add_argument("--steps", type=int, default=DEMO_TRAIN["max_steps"])
     _add_output_arguments(p, "outputs/demo")
+    _add_config_argument(p)
     return parser
+
+
+def _config_file(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.partition("=")[2]
+    return None
+
+
+def _read_config(path: str) -> dict:
+    """The ``{option: value}`` mapping of a YAML or JSON file.
+
+    Raises:
+        UserError: the file is missing, unreadable or not a mapping.
+    """
+    import yaml  # JSON is YAML too
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle)
+    except OSError as error:
+        raise UserError(f"--config {path!r}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"--config {path!r} is no valid YAML or JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path!r} must hold a mapping of option: value, got "
+                        f"{type(values).__name__}")
+    return values
+
+
+def _subparser(parser: argparse.ArgumentParser, words: list[str]) -> argparse.ArgumentParser:
+    for word in words:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[word]
+    return parser
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with the options of a ``--config`` file as defaults
+    (the command line wins). A file written by a run (``config.json``) also names its
+    command, so ``pyg-transformer --config FILE`` alone re-runs it.
+
+    Raises:
+        UserError: an unreadable file, another command than the file's, or an option the
+            command does not have.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path = _config_file(argv)
+    if path is None:
+        return parser.parse_args(argv)
+    values = _read_config(path)
+    command = values.pop("command", None)
+    words = [w for w in argv if w in _command_words(parser)]
+    if command is not None:
+        command = [command] if isinstance(command, str) else list(command)
+        if not words:
+            argv = command + argv
+            words = command
+        elif words != command:
+            raise UserError(f"--config {path!r} is a '{' '.join(command)}' configuration, not "
+                            f"'{' '.join(words)}'")
+    if not words:
+        raise UserError(f"--config {path!r} names no command: give one, e.g. "
+                        f"{PROG} compare pretrain --config {path}")
+    actions = _config_actions(_subparser(parser, words))
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise UserError(f"--config {path!r}: unknown option(s) {', '.join(unknown)} for "
+                        f"'{' '.join(words)}' (known: {', '.join(sorted(actions))})")
+    for key, value in values.items():
+        action = actions[key]
+        action.required = False
+        if not action.option_strings:  # a positional argument: optional now
+            action.nargs = "?"
+        action.default = value
+    return parser.parse_args(argv)
+
+
+def _config_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """A command's options by their config key: the long flag without ``--``, ``-`` as
+    ``_`` (``--gin-mlp-multiplier`` -> ``gin_mlp_multiplier``), or a positional's name."""
+    actions = {}
+    for action in parser._actions:
+        if action.dest in NOT_CONFIG or isinstance(action, (argparse._HelpAction,
+                                                            argparse._SubParsersAction)):
+            continue
+        flags = [f for f in action.option_strings if f.startswith("--")]
+        key = flags[0][2:].replace("-", "_") if flags else action.dest
+        actions[key] = action
+    return actions
+
+
+def _command_words(parser: argparse.ArgumentParser) -> set[str]:
+    words = set()
+    stack = [parser]
+    while stack:
+        current = stack.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                words |= set(action.choices)
+                stack.extend(action.choices.values())
+    return words
+
+
+def resolved_config(args: argparse.Namespace) -> dict:
+    """What ``config.json`` holds: the command and every option's resolved value, keyed
+    as ``--config`` reads them."""
+    command = [args.command] + ([args.kind] if getattr(args, "kind", None) else [])
+    actions = _config_actions(_subparser(build_parser(), command))
+    return {"command": command,
+            **{key: getattr(args, action.dest) for key, action in sorted(actions.items())}}
+
+
+def write_config(args: argparse.Namespace, out_dir: str) -> Path:
+    """Write :func:`resolved_config` atomically to ``out_dir/config.json``."""
+    import json
+    import tempfile
+
+    path = Path(out_dir) / CONFIG_NAME
+    with tempfile.NamedTemporaryFile("w", dir=out_dir, suffix=".tmp", delete=False,
+                                     encoding="utf-8") as handle:
+        json.dump(resolved_config(args), handle, indent=2)
+        handle.write("\n")
+    os.replace(handle.name, path)
+    return path
 
 
 def compare_arms(args) -> list:
@@ -376,6 +528,8 @@ def _run_one(kind: str, arm: str, args, settings) -> None:
     out = args.output_dir or f"outputs/{kind}-{arm}"
     (result,) = iter_runs(kind, [arm], [args.seed], _train_settings(args, args.seed, out),
                           settings, out, overwrite=args.overwrite)
+    if is_main_process():
+        write_config(args, out)
     _print_result(result, out)
 
 
@@ -390,9 +544,12 @@ def run(args) -> int:
         out = args.output_dir or f"outputs/compare-{args.kind}"
         settings = (_finetune_settings(args) if args.kind == "finetune"
                     else _pretrain_settings(args))
-        _print_comparison(compare(args.kind, compare_arms(args), _seed_list(args.seeds),
-                                  _train_settings(args, 0, out), settings, out,
-                                  overwrite=args.overwrite))
+        results = compare(args.kind, compare_arms(args), _seed_list(args.seeds),
+                          _train_settings(args, 0, out), settings, out,
+                          overwrite=args.overwrite)
+        if is_main_process():
+            write_config(args, out)
+        _print_comparison(results)
     elif args.command == "graph":
         for path in draw_graph(args):
             print(path)
@@ -401,6 +558,8 @@ def run(args) -> int:
                               output_dir=args.output_dir)
         results = compare("finetune", list(FINETUNE_METHODS), [0], train,
                           FinetuneSettings(), args.output_dir, overwrite=args.overwrite)
+        if is_main_process():
+            write_config(args, args.output_dir)
         _print_comparison(results)
         print(f"results: {Path(args.output_dir) / 'results.json'}")
     return 0
@@ -417,7 +576,10 @@ def main(argv: list[str] | None = None) -> int:
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse_arguments(parser, argv)
+    except UserError as error:
+        parser.exit(2, f"{PROG}: error: {_one_line(error)}\n")
     logger = logging.getLogger("pyg_transformer")
     handler, level = logging.StreamHandler(sys.stderr), logger.level
     handler.setFormatter(logging.Formatter("%(message)s"))

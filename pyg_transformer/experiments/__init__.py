@@ -1,8 +1,15 @@
 """End-to-end comparisons: fine-tuning (Sparse-GIN vs LoRA) and pre-training (GIN/PNA vs
 standard attention) on :class:`transformers.Trainer`, with tables and figures."""
 
-from pyg_transformer.experiments.arms import Arm
-from pyg_transformer.experiments.compare import compare, iter_runs, markdown_table, summarise
+from pyg_transformer.experiments.arms import (
+    Arm,
+)
+from pyg_transformer.experiments.compare import (
+    compare,
+    iter_runs,
+    markdown_table,
+    summarise,
+)
 from pyg_transformer.experiments.finetune import (
     FINETUNE_ARMS,
     FINETUNE_METHODS,
@@ -21,18 +28,36 @@ from pyg_transformer.experiments.pretrain import (
     define_pretrain_arm,
     run_pretrain,
 )
-from pyg_transformer.experiments.runner import ArmResult, TrainSettings, train_arm
-from pyg_transformer.experiments.runs import load_run, run_dir
+from pyg_transformer.experiments.settings import (
+    ArmResult,
+    TrainSettings,
+)
+from pyg_transformer.experiments.runs import (
+    load_run,
+    run_dir,
+)
+
+#: ``train_arm`` imports torch and transformers: it is imported on first access
+_LAZY = {"train_arm": "pyg_transformer.experiments.runner"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
+    "Arm",
+    "ArmResult",
     "FINETUNE_ARMS",
     "FINETUNE_METHODS",
+    "FinetuneSettings",
     "GRAPH_OPTIONS",
     "PRETRAIN_ARMS",
     "PRETRAIN_ATTENTIONS",
-    "Arm",
-    "ArmResult",
-    "FinetuneSettings",
     "PretrainSettings",
     "TrainSettings",
     "build_matched_config",

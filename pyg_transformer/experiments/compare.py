@@ -24,7 +24,7 @@ from pyg_transformer.experiments.pretrain import (
     pretrain_arm,
     run_pretrain,
 )
-from pyg_transformer.experiments.runner import ArmResult, TrainSettings, is_main_process
+from pyg_transformer.experiments.settings import ArmResult, TrainSettings, is_main_process
 from pyg_transformer.experiments.runs import (
     experiment_config,
     load_run,

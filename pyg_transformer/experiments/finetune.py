@@ -10,17 +10,15 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from transformers import set_seed
-
 from pyg_transformer.experiments.arms import Arm, define_arm
-from pyg_transformer.experiments.runner import (
+from pyg_transformer.options import SPARSE_GIN_DEFAULTS
+from pyg_transformer.experiments.runs import save_run
+from pyg_transformer.experiments.settings import (
     ArmResult,
     TrainSettings,
     check_int_fields,
     is_main_process,
-    train_arm,
 )
-from pyg_transformer.experiments.runs import save_run
 
 #: what a fine-tuning arm trains; also the arms that ``compare finetune`` runs by default
 FINETUNE_METHODS = ("sparse-gin", "lora")
@@ -54,11 +52,8 @@ def sparse_gin_option_types() -> dict[str, str]:
 
 
 def sparse_gin_defaults() -> dict[str, Any]:
-    """The default of every :func:`sparse_gin_option_types` option."""
-    from pyg_transformer.adapters import SparseGinConfig
-
-    return {f.name: f.default for f in fields(SparseGinConfig)
-            if f.name in sparse_gin_option_types()}
+    """The default of every :func:`sparse_gin_option_types` option (no torch import)."""
+    return dict(SPARSE_GIN_DEFAULTS)
 
 
 def check_sparse_gin_options(options: dict[str, Any], where: str, *,
@@ -274,6 +269,10 @@ def run_finetune(arm: str | Arm, settings: FinetuneSettings, train: TrainSetting
     :func:`load_finetune_data`) may be passed to share them across arms; the arm trains a
     deep copy of ``model``, which stays untouched. ``callbacks`` go to the Trainer.
     """
+    from transformers import set_seed
+
+    from pyg_transformer.experiments.runner import train_arm
+
     if base is None:
         model, tokenizer = load_base_model(settings.model)
     else:

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyg_transformer.experiments.arms import Arm, define_arm
-from pyg_transformer.experiments.runner import (
+from pyg_transformer.options import GRAPH_DEFAULTS
+from pyg_transformer.experiments.runs import save_run
+from pyg_transformer.experiments.settings import (
     ArmResult,
     TrainSettings,
     check_int_fields,
     is_main_process,
-    train_arm,
 )
-from pyg_transformer.experiments.runs import save_run
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,9 @@ def graph_option_types() -> dict[str, str]:
 
 
 def graph_defaults() -> dict[str, Any]:
-    """The default of every :data:`GRAPH_OPTIONS` option (lists for tuples)."""
-    from pyg_transformer.models import GraphLlamaConfig
-
-    return {name: _plain(getattr(GraphLlamaConfig, name)) for name in GRAPH_OPTIONS}
+    """The default of every :data:`GRAPH_OPTIONS` option (lists for tuples; no torch
+    import)."""
+    return {name: _plain(GRAPH_DEFAULTS[name]) for name in GRAPH_OPTIONS}
 
 
 def _plain(value):
@@ -283,6 +282,8 @@ def run_pretrain(attention: str | Arm, settings: PretrainSettings, train: TrainS
     ``datasets``/``tokenizer`` to share them across arms; ``callbacks`` go to the Trainer.
     """
     from transformers import set_seed
+
+    from pyg_transformer.experiments.runner import train_arm
 
     from pyg_transformer.data import protein_ss_tokenizer, train_char_tokenizer
     from pyg_transformer.models import GraphLlamaForCausalLM

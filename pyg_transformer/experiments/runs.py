@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pyg_transformer.experiments.runner import ArmResult, TrainSettings, is_main_process
+from pyg_transformer.experiments.settings import ArmResult, TrainSettings, is_main_process
 
 EXPERIMENT_NAME = "experiment.json"
 #: the key of ``experiment.json`` holding each arm's method and options

@@ -21,8 +21,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from pyg_transformer.graph.attention_graph import AttentionGraph
+from pyg_transformer.options import HEAD_REDUCTIONS
 
-HEAD_REDUCTIONS = ("sum", "mean", "max")
 DEFAULT_CHUNK_SIZE = 256
 
 

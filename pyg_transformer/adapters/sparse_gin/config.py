@@ -9,10 +9,13 @@ from peft import PeftConfig, TaskType
 
 from pyg_transformer.adapters.sparse_gin.compat import sparse_gin_peft_type
 
-from pyg_transformer.graph import HEAD_REDUCTIONS
+from pyg_transformer.options import (
+    GNN_TYPES,
+    HEAD_REDUCTIONS,
+    SCALE_INITS,
+    SPARSE_GIN_DEFAULTS,
+)
 
-GNN_TYPES = ("gin", "pna")
-SCALE_INITS = ("linear", "constant", "zero")
 
 
 def _is_number(value) -> bool:
@@ -68,28 +71,28 @@ class SparseGinConfig(PeftConfig):
             output.
     """
 
-    hidden_dim: int = field(default=155, metadata={"help": "adapter hidden size g"})
-    num_gnn_layers: int = field(default=1, metadata={"help": "GNN layers per decoder layer"})
-    gnn_type: str = field(default="gin", metadata={"help": "'gin' or 'pna'"})
-    head_reduction: str = field(default="sum", metadata={"help": "'sum', 'mean' or 'max'"})
-    alpha: float = field(default=10.0, metadata={"help": "sharpening slope"})
-    tau: float = field(default=0.1, metadata={"help": "sharpening shift"})
-    epsilon: float = field(default=0.6, metadata={"help": "edge threshold in [0, 1)"})
-    top_k: int | None = field(default=None, metadata={"help": "max edges per query"})
-    scale_init: str = field(default="linear", metadata={"help": "'linear', 'constant', 'zero'"})
-    scale_max: float = field(default=0.5, metadata={"help": "largest initial lambda"})
-    trainable_scale: bool = field(default=True, metadata={"help": "train lambda"})
+    hidden_dim: int = field(default=SPARSE_GIN_DEFAULTS["hidden_dim"], metadata={"help": "adapter hidden size g"})
+    num_gnn_layers: int = field(default=SPARSE_GIN_DEFAULTS["num_gnn_layers"], metadata={"help": "GNN layers per decoder layer"})
+    gnn_type: str = field(default=SPARSE_GIN_DEFAULTS["gnn_type"], metadata={"help": "'gin' or 'pna'"})
+    head_reduction: str = field(default=SPARSE_GIN_DEFAULTS["head_reduction"], metadata={"help": "'sum', 'mean' or 'max'"})
+    alpha: float = field(default=SPARSE_GIN_DEFAULTS["alpha"], metadata={"help": "sharpening slope"})
+    tau: float = field(default=SPARSE_GIN_DEFAULTS["tau"], metadata={"help": "sharpening shift"})
+    epsilon: float = field(default=SPARSE_GIN_DEFAULTS["epsilon"], metadata={"help": "edge threshold in [0, 1)"})
+    top_k: int | None = field(default=SPARSE_GIN_DEFAULTS["top_k"], metadata={"help": "max edges per query"})
+    scale_init: str = field(default=SPARSE_GIN_DEFAULTS["scale_init"], metadata={"help": "'linear', 'constant', 'zero'"})
+    scale_max: float = field(default=SPARSE_GIN_DEFAULTS["scale_max"], metadata={"help": "largest initial lambda"})
+    trainable_scale: bool = field(default=SPARSE_GIN_DEFAULTS["trainable_scale"], metadata={"help": "train lambda"})
     target_layers: list[int] | None = field(
-        default=None, metadata={"help": "decoder layer indices to adapt (None: all)"}
+        default=SPARSE_GIN_DEFAULTS["target_layers"], metadata={"help": "decoder layer indices to adapt (None: all)"}
     )
-    detach_adjacency: bool = field(default=True, metadata={"help": "no grad through A'"})
+    detach_adjacency: bool = field(default=SPARSE_GIN_DEFAULTS["detach_adjacency"], metadata={"help": "no grad through A'"})
     cross_token_edges: bool = field(
-        default=True,
+        default=SPARSE_GIN_DEFAULTS["cross_token_edges"],
         metadata={"help": "keep edges between different tokens (False: self-loops only, the "
                           "no-message ablation)"},
     )
-    chunk_size: int = field(default=256, metadata={"help": "query rows per chunk"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout in the GNN layers"})
+    chunk_size: int = field(default=SPARSE_GIN_DEFAULTS["chunk_size"], metadata={"help": "query rows per chunk"})
+    dropout: float = field(default=SPARSE_GIN_DEFAULTS["dropout"], metadata={"help": "dropout in the GNN layers"})
 
     def __post_init__(self):
         if self.task_type is None:

@@ -9,6 +9,7 @@ from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import LlamaConfig
 from transformers.activations import ACT2FN
 
+from pyg_transformer.options import GRAPH_DEFAULTS
 from pyg_transformer.attention.adjacency import (
     ADJACENCY_ACTIVATIONS,
     SPARSE_ACTIVATIONS,
@@ -93,21 +94,21 @@ class GraphLlamaConfig(LlamaConfig):
 
     model_type = "graph_llama"
 
-    attention_type: str = "gin"
-    adjacency_activation: str = "softmax"
-    sharpening: bool = True
-    sharpening_init: float = 1.0
-    adjacency_beta: float = 1.0
-    adjacency_tau: float = 0.0
-    adjacency_tau_trainable: bool = False
-    top_k: int | float | None = None
-    gin_mlp_multiplier: float = 0.5
-    gin_eps_init: float = 0.0
-    use_o_proj: bool = False
-    value_projection: bool = False
-    pna_aggregators: list[str] | tuple[str, ...] = ("sum", "mean", "max", "var")
-    pna_blend: bool = False
-    graph_backend: str = "auto"
+    attention_type: str = GRAPH_DEFAULTS["attention_type"]
+    adjacency_activation: str = GRAPH_DEFAULTS["adjacency_activation"]
+    sharpening: bool = GRAPH_DEFAULTS["sharpening"]
+    sharpening_init: float = GRAPH_DEFAULTS["sharpening_init"]
+    adjacency_beta: float = GRAPH_DEFAULTS["adjacency_beta"]
+    adjacency_tau: float = GRAPH_DEFAULTS["adjacency_tau"]
+    adjacency_tau_trainable: bool = GRAPH_DEFAULTS["adjacency_tau_trainable"]
+    top_k: int | float | None = GRAPH_DEFAULTS["top_k"]
+    gin_mlp_multiplier: float = GRAPH_DEFAULTS["gin_mlp_multiplier"]
+    gin_eps_init: float = GRAPH_DEFAULTS["gin_eps_init"]
+    use_o_proj: bool = GRAPH_DEFAULTS["use_o_proj"]
+    value_projection: bool = GRAPH_DEFAULTS["value_projection"]
+    pna_aggregators: list[str] | tuple[str, ...] = GRAPH_DEFAULTS["pna_aggregators"]
+    pna_blend: bool = GRAPH_DEFAULTS["pna_blend"]
+    graph_backend: str = GRAPH_DEFAULTS["graph_backend"]
 
     def __post_init__(self, **kwargs):
         # LlamaConfig.__post_init__ divides hidden_size by num_attention_heads
