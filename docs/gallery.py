@@ -115,19 +115,26 @@ def write_pages() -> None:
                          if p.stem in CAPTIONS else len(CAPTIONS))
         command = (out / "command.txt").read_text().strip() if out.exists() else ""
         seconds = (out / "seconds.txt").read_text().strip() if out.exists() else "?"
-        lines = [f".. _gallery-{name}:", "", title, "=" * len(title), "", body, "",
+        short, _, rest = title.partition(":")
+        short, rest = short.rstrip("."), rest.strip()
+        lines = [f".. _gallery-{name}:", "", short, "=" * len(short), "",
+                 f"*{rest[0].upper() + rest[1:]}*" if rest else "", "", body, "",
                  "Run it", "------", "", ".. code-block:: console", "",
                  f"    $ {command}", "",
                  f"This run took {seconds} s of wall time on the project's 2-core CPU "
                  "machine (regenerate with ``python docs/gallery.py``).", ""]
         if figures:
-            lines += ["Figures", "-------", ""]
+            lines += ["Figures", "-------", "", ".. container:: gallery-figures", ""]
             for png in figures:
-                lines += [f".. figure:: {name}/{png.name}", "   :width: 90%",
-                          f"   :alt: {png.stem}", "", f"   {CAPTIONS.get(png.stem, png.stem)}",
-                          ""]
-        output = shorten((out / "output.txt").read_text()) if out.exists() else ""
-        lines += ["Output", "------", "", ".. code-block:: text", ""]
+                lines += [f"   .. figure:: {name}/{png.name}", f"      :alt: {png.stem}", "",
+                          f"      {CAPTIONS.get(png.stem, png.stem)}", ""]
+        raw = (out / "output.txt").read_text() if out.exists() else ""
+        output = shorten(raw)
+        lines += ["Output", "------", ""]
+        if output != "\n".join(raw.splitlines()):
+            lines += ["(The ``Trainer``'s log dictionaries are cut to 150 characters; the full "
+                      f"output is ``docs/gallery/{name}/output.txt``.)", ""]
+        lines += [".. code-block:: text", ""]
         lines += [f"    {line}".rstrip() for line in output.splitlines()] + [""]
         lines += ["Source", "------", "",
                   f":download:`Download {script.name} <../../examples/{script.name}>`", "",
@@ -135,20 +142,22 @@ def write_pages() -> None:
                   ""]
         (GALLERY / f"{name}.rst").write_text("\n".join(lines))
         thumb = figures[-1].name if figures else None
-        cards.append((name, title, thumb))
+        cards.append((name, short, rest, thumb))
     index = ["Gallery", "=======", "",
              "Every script in ``examples/`` with what it printed and drew on a CPU. The "
              "scripts are plain Python: run them as shown on each page (the gallery adds "
              "``--figures DIR`` to save the figures). The docs build does not run them; "
              "``python docs/gallery.py`` does, and the output is committed.", "",
              ".. toctree::", "   :hidden:", ""]
-    index += [f"   {name}" for name, _, _ in cards]
-    index.append("")
-    for name, title, thumb in cards:
-        index += [f":ref:`gallery-{name}`", "   " + title, ""]
+    index += [f"   {name}" for name, _, _, _ in cards]
+    index += ["", ".. container:: gallery-grid", ""]
+    for name, short, rest, thumb in cards:
+        entry = f":ref:`{short} <gallery-{name}>`" + (f": {rest}" if rest else "")
         if thumb:
-            index += [f".. image:: {name}/{thumb}", "   :width: 45%",
-                      f"   :target: {name}.html", f"   :alt: {name}", ""]
+            index += [f"   .. figure:: {name}/{thumb}", f"      :target: {name}.html",
+                      f"      :alt: {name}", "", f"      {entry}", ""]
+        else:
+            index += [f"   {entry}", ""]
     (GALLERY / "index.rst").write_text("\n".join(index))
 
 

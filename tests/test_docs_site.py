@@ -193,3 +193,13 @@ def test_every_public_name_has_an_api_entry():
                if not any(i.rsplit(".", 1)[-1] == name for i in ids)]
     assert not missing, f"not in the API reference: {missing}"
     assert "pyg_transformer.cli.main" in ids
+
+
+def test_the_checker_sees_remote_assets():
+    page = Page()
+    page.feed('<link rel="stylesheet" href="https://cdn.example/x.css">'
+              '<script src="//cdn.example/mathjax.js"></script><img src="figure.png">'
+              '<a href="https://pyg.org">PyG</a>')
+    remote = [url for _, url in page.assets if REMOTE.match(url)]
+    assert remote == ["https://cdn.example/x.css", "//cdn.example/mathjax.js"]
+    assert page.images == ["figure.png"] and page.links == ["https://pyg.org"]
