@@ -6,6 +6,10 @@ probabilities, turns them into batched causal PyG graphs, runs
 on them and prints graph statistics. Runs in seconds on a CPU::
 
     python examples/attention_graphs.py --seq-len 32 --threshold 0.6 --top-k 8
+
+With ``--figures DIR`` it also draws, for the first sequence and the last layer, the
+head-summed adjacency before and after sharpening and thresholding (paper Fig. 15) and the
+resulting causal graph (:mod:`pyg_transformer.viz`).
 """
 
 import argparse
@@ -28,6 +32,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.6, help="keep A' > threshold")
     parser.add_argument("--top-k", type=int, default=None, help="keep k edges per token")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--figures", default=None, help="folder for the PNG figures")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
 
@@ -65,6 +70,22 @@ def main() -> None:
               f"{graph.num_cross_token_edges():>6} {graph.num_edges / real_nodes:>8.2f} "
               f"{weight:>7.3f} {h_gin.norm().item():>7.2f} {h_pna.norm().item():>7.2f}")
         assert bool((graph.edge_index[0] <= graph.edge_index[1]).all())
+    if args.figures:
+        from pyg_transformer.viz import plot_attention_adjacency, plot_attention_graph
+
+        stages = {  # the pipeline of the last layer, one stage at a time
+            "adjacency_aggregated": attention_to_graph(attn, attention_mask),
+            "adjacency_sharpened": attention_to_graph(attn, attention_mask,
+                                                      sharpen_alpha=args.alpha,
+                                                      sharpen_tau=args.tau),
+            "adjacency_thresholded": graph,
+        }
+        titles = ["min(1, sum_h A_h)", f"sigmoid({args.alpha:g} (A - {args.tau:g}))",
+                  f"kept: A' > {args.threshold:g}" + (f", top-{args.top_k}" if args.top_k else "")]
+        for (name, stage), title in zip(stages.items(), titles):
+            print("wrote", plot_attention_adjacency(stage, f"{args.figures}/{name}.png",
+                                                    title=title))
+        print("wrote", plot_attention_graph(graph, f"{args.figures}/attention_graph.png"))
     print(f"\n{batch}\nEvery edge points from a key j to a query i >= j: messages flow "
           "forward in time only; padding tokens are isolated nodes.")
 

@@ -10,7 +10,9 @@ wider feed-forward block so both have the same number of parameters. Training ru
     python examples/train_gin_transformer.py             # a few minutes on 2 CPU cores
     python examples/train_gin_transformer.py --steps 30  # a quick smoke run
 
-Prints the train and validation loss of both models and the learned graph scalars.
+Prints the train and validation loss of both models and the learned graph scalars; with
+``--figures DIR`` it also draws both models' loss curves and GIN-Attention's learned
+sharpening alpha per layer (paper Figs. 4 and 5).
 (``pyg-transformer compare pretrain`` runs the same comparison over seeds, with figures.)
 """
 
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--per-template", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--figures", default=None, help="folder for the PNG figures")
     args = parser.parse_args()
 
     datasets = load_gsm8k(args.per_template, seed=args.seed)  # 20 templates held out
@@ -53,7 +56,7 @@ def main() -> None:
 
     settings = PretrainSettings(hidden_size=args.hidden, num_layers=args.layers,
                                 num_heads=4, num_kv_heads=2, intermediate_size=4 * args.hidden)
-    results = {}
+    results, histories, alphas = {}, {}, {}
     for arm in ("gin", "standard"):
         # gin: the paper's best GIN-Attention (softmax, gamma = 0.5, trainable alpha, no o_proj)
         config = build_matched_config(arm, settings, tokenizer, args.max_length)
@@ -76,6 +79,9 @@ def main() -> None:
         train_loss = [e["loss"] for e in history if "loss" in e][-1]
         val_loss = [e["eval_loss"] for e in history if "eval_loss" in e][-1]
         results[arm] = (train_loss, val_loss, generalization_gap(history))
+        histories[arm] = history
+        if "alpha" in model.graph_parameters():
+            alphas[arm] = model.graph_parameters()["alpha"]
         for name, values in model.graph_parameters().items():
             print(f"learned {name} per layer:",
                   [round(v, 3) for v in values.reshape(len(values), -1).mean(1).tolist()])
@@ -84,6 +90,13 @@ def main() -> None:
     for arm, (train_loss, val_loss, gap) in results.items():
         print(f"{arm:10s} {train_loss:10.3f} {val_loss:10.3f} {math.exp(val_loss):8.2f} "
               f"{gap:7.3f}")
+
+    if args.figures:
+        from pyg_transformer.viz import plot_alpha_per_layer, plot_training_curves
+
+        print("wrote", plot_training_curves(histories, f"{args.figures}/training_curves.png"))
+        print("wrote", plot_alpha_per_layer(alphas, f"{args.figures}/alpha_per_layer.png",
+                                            title="GIN-Attention: learned alpha per layer"))
 
 
 if __name__ == "__main__":

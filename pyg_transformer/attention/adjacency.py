@@ -2,7 +2,7 @@ r"""Per-head adjacency of GIN-/PNA-Attention: activations, query chunks, PyG gra
 
 For head ``h`` with scores :math:`S_h = \alpha Q_h K_h^\top / \sqrt{d}` the adjacency
 :math:`A'_h = \operatorname{act}(S_h)` is restricted to causal, non-padding pairs
-``(key j -> query i)``, ``j <= i``. Activations (SPEC §2):
+``(key j -> query i)``, ``j <= i``. Activations:
 
 ========================  ===========================================================
 ``softmax``               :math:`\operatorname{softmax}_j(S_{ij})`
@@ -113,7 +113,7 @@ def adjacency_block(
         spec: the activation.
         external: optional ``[B, 1, rows, Tk]`` external adjacency :math:`E`, added to
             every head: :math:`A' + E` on causal non-padding pairs; its non-zero
-            entries are edges too (SPEC §5) and the only entries that get gradients.
+            entries are edges too and the only entries that get gradients.
 
     Returns:
         ``(values, keep)``: ``values`` ``[B, H, rows, Tk]`` is :math:`A'` (exactly 0 where

@@ -152,7 +152,8 @@ class GraphAttentionBase(nn.Module):
     ) -> tuple[Tensor, None]:
         """``hidden_states [B, Tq, D]`` -> ``([B, Tq, D], None)``; ``attention_mask`` is
         the 2D ``[B, Tk]`` padding mask (1 = real token) or ``None``;
-        ``external_adjacency`` (SPEC §5) is added to every head's adjacency on causal,
+        ``external_adjacency`` :math:`E` is added to every head's adjacency,
+        :math:`A'_h + E`, on causal,
         non-padding pairs (see :meth:`check_external`)."""
         batch, num_queries, _ = hidden_states.shape
         query, key, features, all_features = self.project(

@@ -1,4 +1,7 @@
-"""GIN-Attention: a per-head GIN over each head's causal attention graph (SPEC §2)."""
+"""GIN-Attention: a per-head GIN over each head's causal attention graph.
+
+``X'_h = MLP_h(eps_h X_h + A'_h X_h)`` with ``A'_h = act(alpha_l Q_h K_h^T / sqrt(d))``
+and causal, non-padding edges ``j -> i``, ``j <= i`` (Buehler 2025, §2.1.2)."""
 
 from __future__ import annotations
 

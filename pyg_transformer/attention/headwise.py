@@ -78,7 +78,8 @@ class HeadwiseRMSNorm(nn.Module):
 
 
 class HeadwiseGINMLP(nn.Module):
-    r"""The per-head GIN MLP of SPEC §2:
+    r"""The per-head GIN MLP of GIN-Attention,
+    :math:`X'_h = \mathrm{MLP}_h(\epsilon_h X_h + A'_h X_h)`, with
     :math:`\mathrm{MLP}_h(z) = W_{2,h}\,\mathrm{Dropout}(\mathrm{SiLU}(\mathrm{RMSNorm}_h(W_{1,h} z)))`.
 
     Args:
@@ -105,8 +106,9 @@ class HeadwiseGINMLP(nn.Module):
 
 
 class HeadwisePNAMLP(nn.Module):
-    r"""The per-head PNA MLP of SPEC §3: :math:`W_{2,h}\,\mathrm{SiLU}(W_{1,h} z)`,
-    ``z`` the concatenated aggregations.
+    r"""The per-head PNA MLP of PNA-Attention: :math:`W_{2,h}\,\mathrm{SiLU}(W_{1,h} z)`,
+    ``z`` the concatenated aggregations (sum :math:`A'X`, mean :math:`A'X/\deg`,
+    weighted max, variance).
 
     Shapes: ``[B, H, T, F_in]`` -> ``[B, H, T, d]``.
     """

@@ -1,4 +1,8 @@
-"""PNA-Attention: several weighted aggregators over each head's attention graph (SPEC §3)."""
+"""PNA-Attention: several weighted aggregators over each head's attention graph.
+
+Per head: sum ``A'X``, mean ``A'X / deg``, weighted max and variance over the causal
+graph, concatenated, ``W2 SiLU(W1 z)`` back to ``d``, then ``o_proj``; optionally
+``Y = (1 - lam) Y_attn + lam Y_pna`` (Buehler 2025, §2.1.3)."""
 
 from __future__ import annotations
 

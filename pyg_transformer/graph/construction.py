@@ -1,6 +1,7 @@
 r"""Attention probabilities (or queries and keys) to a batched causal PyG graph.
 
-For one sequence the adjacency of a layer is built in four steps (SPEC §4):
+For one sequence the adjacency of a layer is built in four steps (head reduction, clamp,
+sigmoid sharpening, threshold and top-k; the Sparse-GIN pipeline of Buehler 2025, §2.3):
 
 .. math::
     A_{agg} = \min\bigl(c, \operatorname{reduce}_h A_h\bigr), \qquad
@@ -265,7 +266,9 @@ def attention_to_graph(
             differentiable).
         external: optional external adjacency ``[B, Tq, Tk]`` (``external[b, i, j]``
             weighs ``j -> query row i``), added to the head-reduced probabilities before
-            clamping and sharpening (SPEC §5); causality and padding still apply.
+            clamping and sharpening,
+            :math:`A' = \sigma(\alpha(\min(c, \operatorname{reduce}_h A_h + E) - \tau))`;
+            causality and padding still apply.
 
     Returns:
         An :class:`AttentionGraph` with ``B * Tk`` nodes (no edges when ``Tq = 0``).

@@ -11,7 +11,8 @@ from torch_geometric.utils import spmm
 
 
 class WeightedGINConv(GINConv):
-    r"""The graph isomorphism operator with weighted edges (SPEC §2, §4).
+    r"""The graph isomorphism operator with weighted edges (the aggregation of GIN-Attention
+    and of the Sparse-GIN adapter).
 
     .. math::
         \mathbf{x}^{\prime}_i = h_{\mathbf{\Theta}} \Bigl( \epsilon \cdot

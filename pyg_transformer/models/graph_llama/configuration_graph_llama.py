@@ -1,4 +1,4 @@
-"""Configuration of the GIN-/PNA-Attention Llama (SPEC §2-3)."""
+"""Configuration of the GIN-/PNA-Attention Llama (Buehler 2025, §2.1.2-2.1.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GIN-/PNA-Attention Llama: transformers' Llama with graph attention (SPEC §2-3).
+"""GIN-/PNA-Attention Llama: transformers' Llama with graph attention.
 
 Everything but the attention module is transformers' Llama (embeddings, RoPE, RMSNorm,
 MLP, decoder layer, LM head, generation). ``attention_type="standard"`` keeps
@@ -213,7 +213,7 @@ class GraphLlamaModel(GraphLlamaPreTrainedModel, LlamaModel):
         external_adjacency: Tensor | AttentionGraph | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """Llama's forward; ``external_adjacency`` (GIN/PNA only, SPEC §5): a dense
+        """Llama's forward; ``external_adjacency`` (GIN/PNA only): a dense
         ``[B, T, T]`` tensor (``E[b, i, j]`` = weight of the edge ``j -> i``; with a
         cache ``[B, T_new, past + T_new]`` or ``[B, past + T_new, past + T_new]``) or an
         :class:`~pyg_transformer.graph.AttentionGraph`, added to every head's adjacency
