@@ -110,7 +110,9 @@ def test_graph_command_draws_a_prompt(tmp_path, tiny_model_dir, capsys):
     args = ["graph", "Tom has 3 apples.", "--model", tiny_model_dir, "--layer", "1",
             "--threshold", "0.5", "--output-dir", str(tmp_path)]
     assert main(args) == 0
-    printed = capsys.readouterr().out.split()
+    summary, *printed = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"layer 1: nodes \d+, edges \d+, cross-token edges \d+, mean degree "
+                        r"\d+\.\d\d", summary), summary
     assert len(printed) == 2
     for path in printed:
         assert os.path.getsize(path) > 1000
@@ -121,8 +123,41 @@ def test_graph_command_draws_a_prompt(tmp_path, tiny_model_dir, capsys):
     assert f"{printed[0]!r} already exists; pass --overwrite" in _error_line(capsys)
     assert os.stat(printed[0]).st_mtime_ns == drawn_at
     assert main([*args, "--overwrite"]) == 0
-    assert capsys.readouterr().out.split() == printed
+    assert capsys.readouterr().out.splitlines()[1:] == printed
     assert os.stat(printed[0]).st_mtime_ns != drawn_at
+
+
+def test_graph_command_head_adapter_and_labels(tmp_path, tiny_model_dir, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pyg_transformer.adapters import SparseGinConfig, get_sparse_gin_model
+    from pyg_transformer.cli.main import _token_labels
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tokenizer("Tom has 3 apples.")["input_ids"]
+    labels = _token_labels(tokenizer, ids)
+    assert len(labels) == len(ids) and "T" in labels and all(labels)
+    base = ["graph", "Tom has 3 apples.", "--model", tiny_model_dir, "--layer", "1"]
+    assert main([*base, "--head", "2", "--output-dir", str(tmp_path / "head")]) == 0
+    assert capsys.readouterr().out.startswith("layer 1, head 2: nodes ")
+    adapter = tmp_path / "adapter"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_sparse_gin_model(model, SparseGinConfig(hidden_dim=8, epsilon=0.3,
+                                                target_layers=[1])).save_pretrained(adapter)
+    assert main([*base, "--adapter", str(adapter), "--output-dir", str(tmp_path / "ad")]) == 0
+    summary = capsys.readouterr().out.splitlines()[0]
+    assert summary.startswith("layer 1, Sparse-GIN adapter graph: nodes ")
+    for bad, message in ((["--head", "9"], "--head must be in [0, 3], got 9"),
+                         (["--adapter", str(tmp_path / "nope")], "--adapter must be an adapter "
+                                                                 "folder"),
+                         (["--layer", "0", "--adapter", str(adapter)],
+                          "the adapter does not adapt layer 0 (it adapts [1])")):
+        argv = [*base[:-2], *bad, "--output-dir", str(tmp_path / "bad")]
+        if "--layer" not in bad:
+            argv[4:4] = ["--layer", "1"]
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and message in _error_line(capsys)
 
 
 def _error_line(capsys) -> str:
@@ -280,7 +315,8 @@ def test_pretrain_saves_a_model_that_the_graph_command_draws(tmp_path, data_file
     capsys.readouterr()
     assert main(["graph", "Tom has 3 apples.", "--model", str(run), "--layer", "1",
                  "--output-dir", str(tmp_path / "graph")]) == 0
-    assert len(capsys.readouterr().out.split()) == 2
+    summary, *paths = capsys.readouterr().out.splitlines()
+    assert summary.startswith("layer 1, head 0: nodes 18, edges ") and len(paths) == 2
 
 
 def test_console_script_is_installed():

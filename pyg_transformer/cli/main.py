@@ -309,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", help="the prompt")
     p.add_argument("--model", default="smollm2", help="'smollm2' or a local model folder")
     p.add_argument("--layer", type=int, default=0, help="the decoder layer to draw")
+    p.add_argument("--head", type=int, default=None,
+                   help="draw one attention head (default: the heads summed, as Sparse-GIN "
+                        "does; head 0 of a GIN/PNA-Attention model)")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a Sparse-GIN adapter folder for --model: draw the graph the adapter "
+                        "really uses (its own sharpening and threshold)")
     p.add_argument("--alpha", type=float, default=10.0, help="sigmoid sharpening alpha")
     p.add_argument("--tau", type=float, default=0.1, help="sharpening offset tau")
     p.add_argument("--threshold", type=float, default=0.6, help="keep edges with A' > threshold")
@@ -487,8 +493,31 @@ def _print_comparison(results: dict) -> None:
     print("figures:\n" + "\n".join(f"  {p}" for p in results["figures"]))
 
 
-def draw_graph(args) -> list[Path]:
-    """``pyg-transformer graph``: a layer's sharpened attention graph as two PNGs."""
+def _token_labels(tokenizer, ids) -> list[str]:
+    """Readable token labels: the decoded text of each token (``Ġsold`` -> ``sold``),
+    whitespace-only tokens as ``␣`` / ``\\n``."""
+    labels = []
+    for token in tokenizer.convert_ids_to_tokens(ids):
+        text = tokenizer.convert_tokens_to_string([token])
+        labels.append(text.strip() or text.replace(" ", "␣").replace("\n", "\\n") or token)
+    return labels
+
+
+def graph_summary(graph) -> str:
+    """One line: nodes, edges, cross-token edges and mean in-degree of ``graph``."""
+    return (f"nodes {graph.num_nodes}, edges {graph.num_edges}, cross-token edges "
+            f"{graph.num_cross_token_edges()}, mean degree "
+            f"{graph.num_edges / max(graph.num_nodes, 1):.2f}")
+
+
+def draw_graph(args) -> tuple[list[Path], str]:
+    """``pyg-transformer graph``: a layer's attention graph as two PNGs, and its summary.
+
+    The graph is a GIN-/PNA-Attention model's own adjacency (head ``--head``, default 0),
+    with ``--adapter`` the graph the Sparse-GIN adapter really uses (its own sharpening
+    and threshold), else the model's attention probabilities (summed over heads, or head
+    ``--head``) sharpened and thresholded with ``--alpha``/``--tau``/``--threshold``.
+    """
     import torch
 
     from pyg_transformer.experiments import load_base_model
@@ -505,20 +534,46 @@ def draw_graph(args) -> list[Path]:
     layers = model.config.num_hidden_layers
     if not 0 <= args.layer < layers:
         raise UserError(f"--layer must be in [0, {layers - 1}], got {args.layer}")
+    heads = model.config.num_attention_heads
+    if args.head is not None and not 0 <= args.head < heads:
+        raise UserError(f"--head must be in [0, {heads - 1}], got {args.head}")
     encoded = tokenizer(args.text, return_tensors="pt")
-    if hasattr(model, "attention_graphs"):  # a GIN-/PNA-Attention model: its own adjacency
-        graph = model.attention_graphs(encoded["input_ids"], layer=args.layer, head=0)
+    what = f"layer {args.layer}"
+    if args.adapter is not None:
+        from pyg_transformer.adapters import SparseGinPeftModel
+
+        if not os.path.isdir(args.adapter):
+            raise UserError(f"--adapter must be an adapter folder, got {args.adapter!r}")
+        if args.head is not None:
+            raise UserError("--head does not apply to --adapter: the adapter's graph reduces "
+                            "the heads as its configuration says")
+        adapted = SparseGinPeftModel.from_pretrained(model, args.adapter).eval()
+        layer = adapted.base_model.adapter_layers.get(args.layer)
+        if layer is None:
+            raise UserError(f"the adapter does not adapt layer {args.layer} (it adapts "
+                            f"{sorted(adapted.base_model.adapter_layers)})")
+        with torch.no_grad():
+            adapted(**encoded)
+        graph, what = layer.last_graph, f"{what}, Sparse-GIN adapter graph"
+    elif hasattr(model, "attention_graphs"):  # a GIN-/PNA-Attention model: its own adjacency
+        head = args.head or 0
+        graph = model.attention_graphs(encoded["input_ids"], layer=args.layer, head=head)
+        what = f"{what}, head {head}"
     else:
         model.set_attn_implementation("eager")
         with torch.no_grad():
-            attentions = model(**encoded, output_attentions=True).attentions
-        graph = attention_to_graph(attentions[args.layer], encoded["attention_mask"],
+            attentions = model(**encoded, output_attentions=True).attentions[args.layer]
+        if args.head is not None:
+            attentions = attentions[:, args.head:args.head + 1]
+            what = f"{what}, head {args.head}"
+        graph = attention_to_graph(attentions, encoded["attention_mask"],
                                    sharpen_alpha=args.alpha, sharpen_tau=args.tau,
                                    threshold=args.threshold, top_k=args.top_k)
-    tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"][0])
-    title = f"layer {args.layer}: {graph.num_edges} edges over {graph.seq_len} tokens"
-    return [plot_attention_adjacency(graph, paths[0], tokens=tokens, title=title),
-            plot_attention_graph(graph, paths[1], tokens=tokens, title=title)]
+    tokens = _token_labels(tokenizer, encoded["input_ids"][0])
+    title = f"{what}: {graph.num_edges} edges over {graph.seq_len} tokens"
+    return ([plot_attention_adjacency(graph, paths[0], tokens=tokens, title=title),
+             plot_attention_graph(graph, paths[1], tokens=tokens, title=title)],
+            f"{what}: {graph_summary(graph)}")
 
 
 def _run_one(kind: str, arm: str, args, settings) -> None:
@@ -551,7 +606,9 @@ def run(args) -> int:
             write_config(args, out)
         _print_comparison(results)
     elif args.command == "graph":
-        for path in draw_graph(args):
+        paths, summary = draw_graph(args)
+        print(summary)
+        for path in paths:
             print(path)
     elif args.command == "demo":
         train = TrainSettings(**{**DEMO_TRAIN, "max_steps": args.steps},
