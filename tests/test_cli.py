@@ -324,3 +324,20 @@ def test_console_script_is_installed():
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "pyg-transformer"]
     assert script.load() is main
+
+
+def test_training_output_is_concise(tmp_path, tiny_model_dir, data_file, capfd):
+    """A progress bar with the loss and one line per evaluation; no per-layer scalars and
+    no nested evaluation bars on the terminal (they stay in the results)."""
+    out = tmp_path / "ft"
+    assert main(["finetune", "--method", "sparse-gin", "--model", tiny_model_dir, "--data",
+                 data_file, "--lora-rank", "2", "--steps", "4", "--eval-steps", "2",
+                 "--logging-steps", "1", "--eval-size", "4", "--exact-match-size", "0",
+                 "--output-dir", str(out)]) == 0
+    captured = capfd.readouterr()
+    terminal = captured.out + captured.err
+    assert "lambda/layer_" not in terminal and "eps/layer_" not in terminal
+    evaluations = re.findall(r"step (\d+): eval loss \d+\.\d{4}, perplexity \d+\.\d{3}", terminal)
+    assert evaluations[:2] == ["2", "4"]
+    result = json.loads((out / "runs" / "sparse-gin-seed0" / "result.json").read_text())
+    assert any("lambda/layer_0" in entry for entry in result["log_history"])

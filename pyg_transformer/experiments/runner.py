@@ -8,6 +8,7 @@ import time
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import ProgressCallback
 
 from pyg_transformer.data import protein_ss_accuracy
 from pyg_transformer.experiments.settings import (  # noqa: F401 (re-exported)
@@ -17,6 +18,7 @@ from pyg_transformer.experiments.settings import (  # noqa: F401 (re-exported)
     is_main_process,
 )
 from pyg_transformer.training import (
+    ConciseProgressCallback,
     GraphParameterCallback,
     PromptCompletionCollator,
     find_graph_parameters,
@@ -102,6 +104,8 @@ def train_arm(
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                       data_collator=collator, callbacks=[graph_callback, *(callbacks or [])])
+    if trainer.pop_callback(ProgressCallback) is not None:  # a bar + one line per evaluation
+        trainer.add_callback(ConciseProgressCallback)
     start = time.perf_counter()
     trainer.train()
     evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]

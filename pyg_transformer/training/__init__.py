@@ -1,6 +1,7 @@
 """Training on :class:`transformers.Trainer`: collator, graph-scalar logging, evaluation."""
 
 from pyg_transformer.training.callbacks import (
+    ConciseProgressCallback,
     GraphParameterCallback,
     find_graph_parameters,
     graph_scalars,
@@ -21,6 +22,7 @@ from pyg_transformer.training.evaluation import (
 )
 
 __all__ = [
+    "ConciseProgressCallback",
     "GraphParameterCallback",
     "IGNORE_INDEX",
     "PromptCompletionCollator",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 
 def find_graph_parameters(model) -> dict[str, torch.Tensor] | None:
@@ -101,3 +103,31 @@ class GraphParameterCallback(TrainerCallback):
             logs.update(scalars)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(scalars)
+
+
+class ConciseProgressCallback(ProgressCallback):
+    r"""Trainer's progress bar, kept to what a person reads while training runs: the
+    training loss in the bar's postfix and one line per evaluation
+    (``step 40: eval loss 2.3170, perplexity 10.145``). Evaluation gets no progress bar of
+    its own, and the per-layer graph scalars (``lambda/layer_3``, ...) are not printed:
+    they stay in ``log_history``, the results and the figures.
+
+    Use it in place of transformers' ``ProgressCallback``::
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(ConciseProgressCallback)
+    """
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        return None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        if "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+        if "eval_loss" in logs:
+            loss = float(logs["eval_loss"])
+            perplexity = math.exp(loss) if loss < 700 else float("inf")
+            self.training_bar.write(f"step {state.global_step}: eval loss {loss:.4f}, "
+                                    f"perplexity {perplexity:.3f}")
