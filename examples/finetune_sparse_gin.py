@@ -79,6 +79,8 @@ def main() -> None:
         before = trainer.evaluate()["eval_loss"]
         trainer.train()
         results[name] = (before, trainer.evaluate()["eval_loss"])
+        model.save_pretrained(f"{args.output_dir}/{name}")  # the adapter only
+        print(f"saved the adapter: {args.output_dir}/{name}")
         # train() starts a new log history: keep the evaluation before training in it
         histories[name] = [{"step": 0, "eval_loss": before}, *trainer.state.log_history]
         if name == "sparse-gin":

@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--per-template", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", default="outputs/train_gin_transformer",
+                        help="where each trained model and its tokenizer are saved")
     parser.add_argument("--figures", default=None, help="folder for the PNG figures")
     args = parser.parse_args()
 
@@ -66,7 +68,7 @@ def main() -> None:
         trainer = Trainer(
             model=model,
             args=TrainingArguments(
-                output_dir=f"outputs/example-{arm}", max_steps=args.steps,
+                output_dir=f"{args.output_dir}/{arm}", max_steps=args.steps,
                 per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
                 lr_scheduler_type="cosine", warmup_steps=min(20, args.steps // 10),
                 logging_steps=max(1, args.steps // 6), eval_strategy="steps",
@@ -75,6 +77,9 @@ def main() -> None:
             train_dataset=train, eval_dataset=validation, data_collator=collator,
             callbacks=[GraphParameterCallback(require=False)])
         trainer.train()
+        trainer.save_model()  # loadable with AutoModelForCausalLM.from_pretrained
+        tokenizer.save_pretrained(trainer.args.output_dir)
+        print(f"saved the model: {trainer.args.output_dir}")
         history = trainer.state.log_history
         train_loss = [e["loss"] for e in history if "loss" in e][-1]
         val_loss = [e["eval_loss"] for e in history if "eval_loss" in e][-1]
