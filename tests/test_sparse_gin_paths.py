@@ -276,23 +276,13 @@ def test_trl_sft_trainer_with_gradient_checkpointing(tmp_path, tiny_model_dir):
     assert before and any(not torch.equal(after[n], p) for n, p in before.items())
 
 
-def test_torch_compile_eager_backend_matches():
-    adapted = get_sparse_gin_model(make_model("llama"), adapter_config(epsilon=0.3))
-    ids, mask, _ = _padded_batch("left")
-    with torch.no_grad():
-        expected = adapted(input_ids=ids, attention_mask=mask).logits
-        compiled = torch.compile(adapted, backend="eager")
-        got = compiled(input_ids=ids, attention_mask=mask).logits
-    assert torch.allclose(got, expected, atol=1e-5)
-
-
-@pytest.mark.slow
-def test_torch_compile_inductor_matches_and_trains():
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_torch_compile_matches_and_trains(backend):
     adapted = get_sparse_gin_model(make_model("llama"), adapter_config(epsilon=0.3))
     ids, mask, labels = _padded_batch("right")
     with torch.no_grad():
         expected = adapted(input_ids=ids, attention_mask=mask).logits
-    compiled = torch.compile(adapted, backend="inductor")
+    compiled = torch.compile(adapted, backend=backend)
     with torch.no_grad():
         got = compiled(input_ids=ids, attention_mask=mask).logits
     assert torch.allclose(got, expected, atol=1e-4)
