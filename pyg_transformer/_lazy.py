@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 #: the modules whose import registers the Auto classes and the peft method
 REGISTERING_MODULES = ("pyg_transformer.models", "pyg_transformer.adapters")
-#: the names the command line runs under
-CLI_NAMES = ("pyg-transformer", "pyg_transformer")
+#: the console script and the module of the command line
+CLI_SCRIPT, CLI_MODULE = "pyg-transformer", "pyg_transformer"
 
 
 def lazy_module(package: str, exports: dict[str, str]) -> tuple[Callable, Callable]:
@@ -41,13 +41,12 @@ def lazy_module(package: str, exports: dict[str, str]) -> tuple[Callable, Callab
 
 
 def running_the_cli(argv: list[str] | None = None) -> bool:
-    """Whether this process is ``pyg-transformer`` or ``python -m pyg_transformer``
+    """Whether this process is ``pyg-transformer`` or ``python -m pyg_transformer[.cli]``
     (read from ``sys.orig_argv``, which is complete while the package is imported)."""
     argv = list(getattr(sys, "orig_argv", sys.argv) if argv is None else argv)
-    if "-m" in argv[:-1] and argv[argv.index("-m") + 1].split(".")[0] in CLI_NAMES[1:]:
-        return True
-    return len(argv) > 1 and os.path.basename(argv[1]) in CLI_NAMES[:1] or (
-        bool(argv) and os.path.basename(argv[0]) in CLI_NAMES[:1])
+    if "-m" in argv[:-1]:
+        return argv[argv.index("-m") + 1].split(".")[0] == CLI_MODULE
+    return any(os.path.basename(arg) == CLI_SCRIPT for arg in argv[:2])
 
 
 def register_unless_cli() -> None:

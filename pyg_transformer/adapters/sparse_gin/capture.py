@@ -25,6 +25,8 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from pyg_transformer.adapters.sparse_gin.layer import SparseGinLayer
+
 ATTENTION_PREFIX = "sparse_gin_"
 
 
@@ -49,8 +51,6 @@ def _owning_layer(module: torch.nn.Module):
     """The :class:`SparseGinLayer` whose merge hook is registered on attention ``module``
     (``None``: this layer is not adapted). Found through the module's own hooks, so a
     deep copy finds its own copy."""
-    from pyg_transformer.adapters.sparse_gin.layer import SparseGinLayer
-
     for hook in module._forward_hooks.values():
         owner = getattr(hook, "__self__", None)
         if isinstance(owner, SparseGinLayer):

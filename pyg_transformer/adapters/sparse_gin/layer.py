@@ -367,8 +367,8 @@ def mask_visibility(mask: Tensor | None, batch_size: int, num_queries: int,
     """``(padding [B, Tk], visible [B, Tq, Tk])`` from the mask an attention function
     receives: ``None``/``None`` for none (plain causal), a 2-D padding mask as is, a
     boolean or additive 4-D mask ``[B, 1, Tq, Tk]`` as the keys each query sees (causal,
-    padding and sliding window in one). A key no query sees counts as padding; ``visible``
-    is ``None`` where it is the plain causal rule."""
+    padding and sliding window in one). A key no query sees counts as padding; ``padding``
+    is ``None`` when every key is seen."""
     if mask is None:
         return None, None
     if mask.dim() == 2:
@@ -382,10 +382,6 @@ def mask_visibility(mask: Tensor | None, batch_size: int, num_queries: int,
         visible = visible > torch.finfo(visible.dtype).min / 2
     visible = visible.expand(batch_size, num_queries, num_keys)
     padding = visible.any(dim=1)
-    offset = num_keys - num_queries
-    causal = torch.ones(num_queries, num_keys, dtype=torch.bool, device=mask.device).tril(offset)
-    if bool((visible == (causal & padding[:, None])).all()):
-        visible = None
     return (None if bool(padding.all()) else padding), visible
 
 
