@@ -488,10 +488,8 @@ def test_cropped_cache_and_beam_search():
 
 
 @pytest.mark.parametrize("top_k", [None, 3])
-def test_decode_step_graph_equals_qk_to_graph(top_k):
-    from pyg_transformer.adapters.sparse_gin.layer import DecodeRow
-    from pyg_transformer.adapters.sparse_gin.layer import decode_step_graph
-    from pyg_transformer.graph import qk_to_graph
+def test_decode_row_graph_equals_qk_to_graph(top_k):
+    from pyg_transformer.graph import DecodeRow, decode_row_graph, qk_to_graph
 
     query, key = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 45, 8)
     mask = torch.ones(2, 45, dtype=torch.bool)
@@ -500,7 +498,7 @@ def test_decode_step_graph_equals_qk_to_graph(top_k):
                    threshold=0.5, top_k=top_k)
     expected = qk_to_graph(query, key, scaling=0.3, attention_mask=mask, query_offset=44,
                            **options)
-    graph = decode_step_graph(query, key, 0.3, mask, options)
+    graph = decode_row_graph(query, key, scaling=0.3, padding=mask, **options)
     assert isinstance(graph, DecodeRow) == (top_k is None)
     if top_k is None:
         assert graph.weight.shape == (2, 45)

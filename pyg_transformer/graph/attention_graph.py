@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
+from torch_geometric.utils import to_dense_adj
 
 
 @dataclass
@@ -40,6 +41,23 @@ class AttentionGraph:
     seq_len: int
     query_offset: int = 0
 
+    @classmethod
+    def from_coo(cls, edge_index: Tensor, edge_weight: Tensor, *, batch_size: int,
+                 seq_len: int, query_offset: int = 0) -> AttentionGraph:
+        """The graph of ``batch_size`` sequences of ``seq_len`` tokens with COO edges
+        ``edge_index [2, E]`` (flat node ids ``b * seq_len + t``, row 0 the source) and
+        ``edge_weight [E]``; ``batch`` and ``num_nodes`` follow."""
+        batch = torch.arange(batch_size, device=edge_index.device)
+        return cls(
+            edge_index=edge_index,
+            edge_weight=edge_weight,
+            batch=batch.repeat_interleave(seq_len),
+            num_nodes=batch_size * seq_len,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            query_offset=query_offset,
+        )
+
     @property
     def num_edges(self) -> int:
         return int(self.edge_index.size(1))
@@ -67,25 +85,19 @@ class AttentionGraph:
     def to(self, device: torch.device | str | None = None,
            dtype: torch.dtype | None = None) -> AttentionGraph:
         """Move the graph to ``device``; ``dtype`` casts ``edge_weight`` only."""
-        return AttentionGraph(
+        return dataclasses.replace(
+            self,
             edge_index=self.edge_index.to(device),
             edge_weight=self.edge_weight.to(device=device, dtype=dtype),
             batch=self.batch.to(device),
-            num_nodes=self.num_nodes,
-            batch_size=self.batch_size,
-            seq_len=self.seq_len,
-            query_offset=self.query_offset,
         )
 
     def to_dense(self) -> Tensor:
-        """``[B, T, T]`` adjacency with ``A[b, i, j]`` = weight of the edge ``j -> i``."""
-        B, T = self.batch_size, self.seq_len
-        dense = self.edge_weight.new_zeros(B * T * T)
-        src, dst = self.edge_index
-        b = dst // T
-        flat = b * T * T + (dst % T) * T + (src % T)
-        dense = dense.index_put((flat,), self.edge_weight, accumulate=True)
-        return dense.view(B, T, T)
+        """``[B, T, T]`` adjacency with ``A[b, i, j]`` = weight of the edge ``j -> i``
+        (duplicate edges summed; :func:`torch_geometric.utils.to_dense_adj` on the
+        reversed edges)."""
+        return to_dense_adj(self.edge_index.flip(0), self.batch, self.edge_weight,
+                            max_num_nodes=self.seq_len, batch_size=self.batch_size)
 
     def to_pyg(self, x: Tensor | None = None) -> Batch:
         """A :class:`torch_geometric.data.Batch` of ``B`` graphs with ``edge_weight``.
@@ -126,3 +138,30 @@ class AttentionGraph:
             f"num_edges={self.num_edges}, batch_size={self.batch_size}, "
             f"seq_len={self.seq_len}, query_offset={self.query_offset})"
         )
+
+
+class DecodeRow:
+    r"""The adjacency of a single-query KV-cache decode step, kept dense: ``weight``
+    ``[B, Tk]`` holds the edge weight :math:`A'_{t,j}` of every kept edge ``j -> t``
+    (``t = Tk - 1``, the new token) and 0 elsewhere (kept weights are sigmoids above
+    :math:`\varepsilon \ge 0`, hence > 0). The :class:`AttentionGraph` is built from it
+    only when asked for (:meth:`to_graph`)."""
+
+    __slots__ = ("weight",)
+
+    def __init__(self, weight: Tensor):
+        self.weight = weight
+
+    @property
+    def seq_len(self) -> int:
+        return self.weight.size(1)
+
+    def to_graph(self) -> AttentionGraph:
+        """The equivalent :class:`AttentionGraph` (edges in ``(batch, key)`` order)."""
+        batch_size, seq_len = self.weight.shape
+        flat = self.weight.reshape(-1)
+        source = flat.nonzero().view(-1)
+        target = source - source % seq_len + (seq_len - 1)
+        return AttentionGraph.from_coo(torch.stack([source, target]), flat[source],
+                                       batch_size=batch_size, seq_len=seq_len,
+                                       query_offset=seq_len - 1)

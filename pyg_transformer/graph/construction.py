@@ -14,216 +14,44 @@ positions neither send nor receive edges.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
-from pyg_transformer.graph.attention_graph import AttentionGraph
-from pyg_transformer.options import HEAD_REDUCTIONS
+from pyg_transformer.graph.attention_graph import AttentionGraph, DecodeRow
+from pyg_transformer.graph.scoring import (
+    causal_valid_mask,
+    keep_edges,
+    map_score_chunks,
+    masked_softmax,
+    reduce_heads,
+    rows_to_edges,
+    sharpen,
+)
+from pyg_transformer.graph.validation import (
+    check_chunk_size,
+    check_external,
+    check_finite,
+    check_graph_options,
+    check_padding_mask,
+    check_query_key,
+    check_query_offset,
+    check_scaling,
+    check_scores_input,
+    check_visible,
+    sum_is_finite,
+)
 
 DEFAULT_CHUNK_SIZE = 256
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_positive_finite(value) -> bool:
-    return _is_number(value) and 0 < value < math.inf
-
-
-def check_graph_options(
-    *,
-    head_reduction: str = "sum",
-    clamp: float | None = 1.0,
-    sharpen_alpha: float | None = None,
-    sharpen_tau: float = 0.0,
-    threshold: float = 0.0,
-    top_k: int | None = None,
-) -> None:
-    """Validate the sparsification options shared by every graph builder.
-
-    Every number must be finite: ``clamp=inf`` is refused (``None`` is the spelling of
-    "no clamp"), as are an infinite ``sharpen_tau`` or ``threshold`` (both would remove
-    every edge).
-
-    Raises:
-        ValueError: naming the offending argument and value.
-    """
-    if head_reduction not in HEAD_REDUCTIONS:
-        raise ValueError(
-            f"head_reduction must be one of {HEAD_REDUCTIONS}, got {head_reduction!r}"
-        )
-    if clamp is not None and not _is_positive_finite(clamp):
-        raise ValueError(
-            f"clamp must be a positive finite number or None (no clamp), got {clamp!r}"
-        )
-    if sharpen_alpha is not None and not _is_positive_finite(sharpen_alpha):
-        raise ValueError(
-            f"sharpen_alpha must be a positive finite number or None, got {sharpen_alpha!r}"
-        )
-    if not _is_number(sharpen_tau) or not math.isfinite(sharpen_tau):
-        raise ValueError(f"sharpen_tau must be a finite number, got {sharpen_tau!r}")
-    if not _is_number(threshold) or not 0 <= threshold < math.inf:
-        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
-    if sharpen_alpha is not None and not threshold < 1:
-        raise ValueError(
-            f"threshold must lie in [0, 1) after sigmoid sharpening, got {threshold!r}"
-        )
-    if top_k is not None and (
-        isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
-    ):
-        raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
-
-
-def _check_attention_mask(attention_mask: Tensor | None, batch_size: int, seq_len: int):
-    if attention_mask is None:
-        return None
-    if not isinstance(attention_mask, Tensor):
-        raise TypeError(
-            f"attention_mask must be a tensor, got {type(attention_mask).__name__}"
-        )
-    if attention_mask.shape != (batch_size, seq_len):
-        raise ValueError(
-            f"attention_mask must have shape [B, Tk] = [{batch_size}, {seq_len}], "
-            f"got {tuple(attention_mask.shape)}"
-        )
-    return attention_mask.bool()
-
-
-def _check_external(external: Tensor | None, batch_size: int, num_queries: int,
-                    num_keys: int) -> None:
-    if external is None:
-        return
-    if not isinstance(external, Tensor):
-        raise TypeError(f"external must be a tensor, got {type(external).__name__}")
-    if not external.is_floating_point():
-        raise TypeError(f"external must be a floating point tensor, got {external.dtype}")
-    if external.shape != (batch_size, num_queries, num_keys):
-        raise ValueError(
-            f"external must have shape [B, Tq, Tk] = [{batch_size}, {num_queries}, "
-            f"{num_keys}], got {tuple(external.shape)}"
-        )
-
-
-def _sum_is_finite(tensor: Tensor) -> bool:
-    dtype = torch.float32 if tensor.dtype == torch.float16 else None
-    return bool(torch.isfinite(tensor.detach().sum(dtype=dtype)))
-
-
-def _check_finite(name: str, tensor: Tensor, where: Tensor | None = None,
-                  positions: str = "causal, non-padding positions") -> None:
-    """Raise if ``tensor`` holds NaN or +-inf where the bool mask ``where`` (broadcast to
-    ``tensor``; ``None``: everywhere) is set.
-
-    Fast path: a finite ``tensor.sum()`` proves every entry finite (NaN and inf propagate
-    through a sum), one reduction without a ``[numel]`` bool buffer (~10x cheaper than
-    ``isfinite(tensor).all()`` on CPU). Only a non-finite sum (or an overflowing one: float16
-    sums in float32) reads the entries and ``where``."""
-    if _sum_is_finite(tensor):
-        return
-    bad = ~torch.isfinite(tensor)
-    if where is not None:
-        bad = bad & where
-    if bool(bad.any()):
-        index = bad.nonzero()[0].tolist()
-        value = tensor[tuple(index)].item()
-        raise ValueError(
-            f"{name} must be finite at {positions}, got {value} at {name}{index}"
-        )
-
-
-def _check_query_offset(query_offset: int, num_queries: int, num_keys: int) -> None:
-    if isinstance(query_offset, bool) or not isinstance(query_offset, int):
-        raise ValueError(f"query_offset must be an int, got {query_offset!r}")
-    if query_offset < 0 or query_offset + num_queries > num_keys:
-        raise ValueError(
-            f"query_offset must satisfy 0 <= query_offset <= Tk - Tq = "
-            f"{num_keys - num_queries}, got {query_offset}"
-        )
-
-
-def causal_valid_mask(
-    batch_size: int,
-    query_positions: Tensor,
-    num_keys: int,
-    attention_mask: Tensor | None,
-) -> Tensor:
-    """``[B, Tq, Tk]`` bool: key ``j`` may send to query position ``p`` (``j <= p``,
-    both real tokens)."""
-    keys = torch.arange(num_keys, device=query_positions.device)
-    valid = keys.view(1, 1, -1) <= query_positions.view(1, -1, 1)
-    valid = valid.expand(batch_size, -1, -1)
-    if attention_mask is not None:
-        query_real = attention_mask[:, query_positions]
-        valid = valid & attention_mask[:, None, :] & query_real[:, :, None]
-    return valid
-
-
-def _reduce_heads(attn: Tensor, head_reduction: str) -> Tensor:
-    if head_reduction == "sum":
-        return attn.sum(dim=1)
-    if head_reduction == "mean":
-        return attn.mean(dim=1)
-    return attn.amax(dim=1)
-
-
-def _top_k_rows(values: Tensor, keep: Tensor, k: int) -> Tensor:
-    """Restrict ``keep`` to the ``k`` largest kept values of each row; ties at the k-th
-    value go to the most recent keys, so every chunking selects the same edges."""
-    candidates = values.masked_fill(~keep, float("-inf"))
-    kth = candidates.topk(k, dim=-1).values[..., -1:]
-    above = keep & (candidates > kth)
-    at_kth = keep & (candidates == kth)
-    slots = k - above.sum(-1, keepdim=True)
-    rank_from_right = at_kth.flip(-1).cumsum(-1).flip(-1)
-    return above | (at_kth & (rank_from_right <= slots))
-
-
-def _sparsify_rows(
-    reduced: Tensor,
-    valid: Tensor,
-    query_positions: Tensor,
-    seq_len: int,
-    *,
-    clamp: float | None,
-    sharpen_alpha: float | None,
-    sharpen_tau: float,
-    threshold: float,
-    top_k: int | None,
-) -> tuple[Tensor, Tensor]:
-    """Edges of a block of query rows: ``reduced``/``valid`` are ``[B, Tq, K]`` over the
-    first ``K <= seq_len`` keys; node ids are ``b * seq_len + position``."""
-    values = reduced
-    if clamp is not None:
-        values = values.clamp(max=clamp)
-    if sharpen_alpha is not None:
-        values = torch.sigmoid(sharpen_alpha * (values - sharpen_tau))
-    keep = valid & (values > threshold)
-    if top_k is not None and top_k < values.size(-1):
-        keep = _top_k_rows(values, keep, top_k)
-    b, i, j = keep.nonzero(as_tuple=True)
-    target = b * seq_len + query_positions[i]
-    source = b * seq_len + j
-    return torch.stack([source, target]), values[b, i, j]
-
-
-def _make_graph(
-    edge_index: Tensor, edge_weight: Tensor, batch_size: int, num_keys: int, offset: int
-) -> AttentionGraph:
-    device = edge_index.device
-    return AttentionGraph(
-        edge_index=edge_index,
-        edge_weight=edge_weight,
-        batch=torch.arange(batch_size, device=device).repeat_interleave(num_keys),
-        num_nodes=batch_size * num_keys,
-        batch_size=batch_size,
-        seq_len=num_keys,
-        query_offset=offset,
-    )
+def _sparsify_rows(reduced: Tensor, valid: Tensor | None, query_positions: Tensor,
+                   seq_len: int, options: dict, inplace: bool = False) -> tuple[Tensor, Tensor]:
+    """Edges of a block of head-reduced rows ``reduced [B, rows, K]``: sharpen, threshold,
+    top-k, then COO (``inplace``: ``reduced`` may be overwritten)."""
+    values = sharpen(reduced, options["clamp"], options["sharpen_alpha"],
+                     options["sharpen_tau"], inplace=inplace)
+    keep = keep_edges(values, valid, options["threshold"], options["top_k"])
+    return rows_to_edges(values, keep, query_positions, seq_len)
 
 
 def attention_to_graph(
@@ -278,49 +106,28 @@ def attention_to_graph(
         ValueError: a bad shape or option, or NaN/inf in ``attn`` or ``external`` at a
             causal, non-padding position (other entries are never read).
     """
-    if not isinstance(attn, Tensor):
-        raise TypeError(f"attn must be a tensor, got {type(attn).__name__}")
-    if attn.dim() not in (3, 4):
-        raise ValueError(
-            f"attn must have shape [B, H, Tq, Tk] or [B, Tq, Tk], got {tuple(attn.shape)}"
-        )
-    if not attn.is_floating_point():
-        raise TypeError(f"attn must be a floating point tensor, got {attn.dtype}")
-    check_graph_options(
-        head_reduction=head_reduction,
-        clamp=clamp,
-        sharpen_alpha=sharpen_alpha,
-        sharpen_tau=sharpen_tau,
-        threshold=threshold,
-        top_k=top_k,
-    )
+    check_scores_input("attn", attn, (3, 4), "[B, H, Tq, Tk] or [B, Tq, Tk]")
+    options = dict(clamp=clamp, sharpen_alpha=sharpen_alpha, sharpen_tau=sharpen_tau,
+                   threshold=threshold, top_k=top_k)
+    check_graph_options(head_reduction=head_reduction, **options)
     batch_size, num_queries, num_keys = attn.size(0), attn.size(-2), attn.size(-1)
-    _check_query_offset(query_offset, num_queries, num_keys)
-    mask = _check_attention_mask(attention_mask, batch_size, num_keys)
-    _check_external(external, batch_size, num_queries, num_keys)
+    check_query_offset(query_offset, num_queries, num_keys)
+    mask = check_padding_mask(attention_mask, batch_size, num_keys)
+    check_external(external, batch_size, num_queries, num_keys)
     positions = torch.arange(query_offset, query_offset + num_queries, device=attn.device)
     valid = causal_valid_mask(batch_size, positions, num_keys, mask)
-    _check_finite("attn", attn, valid[:, None] if attn.dim() == 4 else valid)
+    check_finite("attn", attn, valid[:, None] if attn.dim() == 4 else valid)
     if external is not None:
-        _check_finite("external", external, valid)
+        check_finite("external", external, valid)
     if detach:
         attn = attn.detach()
         external = None if external is None else external.detach()
-    reduced = _reduce_heads(attn, head_reduction) if attn.dim() == 4 else attn
+    reduced = reduce_heads(attn, head_reduction) if attn.dim() == 4 else attn
     if external is not None:
         reduced = reduced + external.to(reduced.dtype)
-    edge_index, edge_weight = _sparsify_rows(
-        reduced,
-        valid,
-        positions,
-        num_keys,
-        clamp=clamp,
-        sharpen_alpha=sharpen_alpha,
-        sharpen_tau=sharpen_tau,
-        threshold=threshold,
-        top_k=top_k,
-    )
-    return _make_graph(edge_index, edge_weight, batch_size, num_keys, query_offset)
+    edge_index, edge_weight = _sparsify_rows(reduced, valid, positions, num_keys, options)
+    return AttentionGraph.from_coo(edge_index, edge_weight, batch_size=batch_size,
+                                   seq_len=num_keys, query_offset=query_offset)
 
 
 def qk_to_graph(
@@ -376,123 +183,92 @@ def qk_to_graph(
             NaN/inf in ``query`` or ``key`` at a non-padding token, or in ``external``
             at a causal, non-padding position.
     """
-    for name, tensor in (("query", query), ("key", key)):
-        if not isinstance(tensor, Tensor):
-            raise TypeError(f"{name} must be a tensor, got {type(tensor).__name__}")
-        if tensor.dim() != 4:
-            raise ValueError(
-                f"{name} must have shape [B, heads, T, d], got {tuple(tensor.shape)}"
-            )
-        if not tensor.is_floating_point():
-            raise TypeError(f"{name} must be a floating point tensor, got {tensor.dtype}")
-    if query.dtype != key.dtype:
-        raise TypeError(
-            f"query and key must have the same dtype, got query.dtype={query.dtype} and "
-            f"key.dtype={key.dtype}"
-        )
-    batch_size, num_heads, num_queries, head_dim = query.shape
-    if key.size(0) != batch_size or key.size(-1) != head_dim:
-        raise ValueError(
-            f"key must have shape [B={batch_size}, Hkv, Tk, d={head_dim}], "
-            f"got {tuple(key.shape)}"
-        )
-    num_kv_heads, num_keys = key.size(1), key.size(2)
-    if num_heads % num_kv_heads != 0:
-        raise ValueError(
-            f"the number of query heads ({num_heads}) must be a multiple of the number "
-            f"of key heads ({num_kv_heads})"
-        )
-    if not _is_positive_finite(scaling):
-        raise ValueError(f"scaling must be a positive finite number, got {scaling!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    check_graph_options(
-        head_reduction=head_reduction,
-        clamp=clamp,
-        sharpen_alpha=sharpen_alpha,
-        sharpen_tau=sharpen_tau,
-        threshold=threshold,
-        top_k=top_k,
-    )
-    _check_query_offset(query_offset, num_queries, num_keys)
-    mask = _check_attention_mask(attention_mask, batch_size, num_keys)
-    _check_external(external, batch_size, num_queries, num_keys)
-    if visible is not None and (not isinstance(visible, Tensor) or visible.dtype != torch.bool
-                                or visible.shape != (batch_size, num_queries, num_keys)):
-        raise ValueError(
-            f"visible must be a bool tensor of shape [B, Tq, Tk] = [{batch_size}, "
-            f"{num_queries}, {num_keys}], got {getattr(visible, 'dtype', type(visible))} "
-            f"{tuple(getattr(visible, 'shape', ()))}"
-        )
+    check_query_key(query, key)
+    batch_size, _, num_queries, _ = query.shape
+    num_keys = key.size(2)
+    check_scaling(scaling)
+    check_chunk_size(chunk_size)
+    options = dict(clamp=clamp, sharpen_alpha=sharpen_alpha, sharpen_tau=sharpen_tau,
+                   threshold=threshold, top_k=top_k)
+    check_graph_options(head_reduction=head_reduction, **options)
+    check_query_offset(query_offset, num_queries, num_keys)
+    mask = check_padding_mask(attention_mask, batch_size, num_keys)
+    check_external(external, batch_size, num_queries, num_keys)
+    check_visible(visible, batch_size, num_queries, num_keys)
     # NaN/inf only matter where a real token reads or is read (every key is causally
     # visible to the last query row); one sum per tensor when all is finite
     real = None if mask is None else mask[:, None, :, None]
-    _check_finite("key", key, real, positions="non-padding positions")
-    _check_finite("query", query, None if real is None else
-                  real[:, :, query_offset : query_offset + num_queries],
-                  positions="non-padding positions")
-    if external is not None and not _sum_is_finite(external):
+    check_finite("key", key, real, positions="non-padding positions")
+    check_finite("query", query, None if real is None else
+                 real[:, :, query_offset : query_offset + num_queries],
+                 positions="non-padding positions")
+    if external is not None and not sum_is_finite(external):
         rows = torch.arange(query_offset, query_offset + num_queries, device=query.device)
-        _check_finite("external", external, causal_valid_mask(batch_size, rows, num_keys, mask))
-    options = dict(
-        clamp=clamp,
-        sharpen_alpha=sharpen_alpha,
-        sharpen_tau=sharpen_tau,
-        threshold=threshold,
-        top_k=top_k,
-    )
-    groups = num_heads // num_kv_heads
-    # [B, Hkv, 1, d, Tk]: broadcast over the query heads of each group (no repeat_kv copy)
-    key_t = key.unsqueeze(2).transpose(-1, -2)
-    visible_keys = visible
+        check_finite("external", external, causal_valid_mask(batch_size, rows, num_keys, mask))
+    if num_queries == 0:  # no query row, no edge
+        return AttentionGraph.from_coo(
+            torch.empty(2, 0, dtype=torch.long, device=query.device), query.new_empty(0),
+            batch_size=batch_size, seq_len=num_keys, query_offset=query_offset)
+    if detach and external is not None:
+        external = external.detach()
 
-    def chunk_edges(query_chunk: Tensor, key_t: Tensor, start: int) -> tuple[Tensor, Tensor]:
-        rows = query_chunk.size(2)
-        visible = query_offset + start + rows  # later keys have probability exactly 0
-        positions = torch.arange(visible - rows, visible, device=query.device)
-        valid = causal_valid_mask(
-            batch_size, positions, visible, None if mask is None else mask[:, :visible]
-        )
-        if visible_keys is not None:
-            valid = valid & visible_keys[:, start : start + rows, :visible]
-        grouped = query_chunk.view(batch_size, num_kv_heads, groups, rows, head_dim)
-        scores = torch.matmul(grouped, key_t[..., :visible])
-        scores = scores.view(batch_size, num_heads, rows, visible)
-        fill = torch.finfo(torch.float32).min
-        if torch.is_grad_enabled():
-            scores = scores.float() * scaling
-            probs = scores.masked_fill(~valid[:, None], fill).softmax(dim=-1)
-        else:  # in place: one [B, H, chunk, Tk] buffer per chunk
-            probs = scores.float().mul_(scaling).masked_fill_(~valid[:, None], fill)
-            probs = probs.sub_(probs.amax(dim=-1, keepdim=True)).exp_()
-            probs = probs.div_(probs.sum(dim=-1, keepdim=True))
-        probs = probs.to(query.dtype)
-        reduced = _reduce_heads(probs, head_reduction)
+    def chunk_edges(scores: Tensor, valid: Tensor | None, start: int):
+        rows = scores.size(2)
+        probs = masked_softmax(scores, valid, query.dtype)
+        reduced = reduce_heads(probs, head_reduction)
         if external is not None:
-            block = external[:, start : start + rows, :visible]
-            reduced = reduced + (block.detach() if detach else block).to(reduced.dtype)
-        return _sparsify_rows(reduced, valid, positions, num_keys, **options)
+            block = external[:, start : start + rows, : scores.size(-1)]
+            reduced = reduced + block.to(reduced.dtype)
+        first = query_offset + start
+        positions = torch.arange(first, first + rows, device=query.device)
+        return _sparsify_rows(reduced, valid, positions, num_keys, options,
+                              inplace=not torch.is_grad_enabled())
 
-    edge_indices, edge_weights = [], []
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
-        for start in range(0, num_queries, chunk_size):
-            query_chunk = query[:, :, start : start + chunk_size]
-            differentiable = query.requires_grad or key.requires_grad or (
-                external is not None and external.requires_grad)
-            if detach or not differentiable:
-                edge_index, edge_weight = chunk_edges(query_chunk, key_t, start)
-            else:
-                edge_index, edge_weight = checkpoint(
-                    chunk_edges, query_chunk, key_t, start, use_reentrant=False
-                )
-            edge_indices.append(edge_index)
-            edge_weights.append(edge_weight)
-    if not edge_indices:  # Tq = 0: no query row, no edge
-        edge_indices.append(torch.empty(2, 0, dtype=torch.long, device=query.device))
-        edge_weights.append(query.new_empty(0))
-    edge_index = torch.cat(edge_indices, dim=1)
-    edge_weight = torch.cat(edge_weights)
-    if len(edge_indices) > 1:  # chunk-major -> the (batch, query, key) order of one pass
+    differentiable = not detach and torch.is_grad_enabled() and (
+        query.requires_grad or key.requires_grad
+        or (external is not None and external.requires_grad))
+    with torch.set_grad_enabled(differentiable):
+        parts = map_score_chunks(
+            chunk_edges, query, key, scaling=scaling, padding=mask, visible=visible,
+            query_offset=query_offset, chunk_size=chunk_size, checkpointed=differentiable)
+    edge_index = torch.cat([edges for edges, _ in parts], dim=1)
+    edge_weight = torch.cat([weights for _, weights in parts])
+    if len(parts) > 1:  # chunk-major -> the (batch, query, key) order of one pass
         order = torch.argsort(edge_index[1] * num_keys + edge_index[0] % num_keys)
         edge_index, edge_weight = edge_index[:, order], edge_weight[order]
-    return _make_graph(edge_index, edge_weight, batch_size, num_keys, query_offset)
+    return AttentionGraph.from_coo(edge_index, edge_weight, batch_size=batch_size,
+                                   seq_len=num_keys, query_offset=query_offset)
+
+
+def decode_row_graph(query: Tensor, key: Tensor, *, scaling: float,
+                     padding: Tensor | None, head_reduction: str, clamp: float | None,
+                     sharpen_alpha: float | None, sharpen_tau: float, threshold: float,
+                     top_k: int | None) -> AttentionGraph | DecodeRow:
+    """:func:`qk_to_graph` of a single query row at the last position (a KV-cache decode
+    step) without argument checks or gradients: the same scorer and chain. Without
+    ``top_k`` the row stays dense (a :class:`DecodeRow`, no edge list).
+
+    Args:
+        query: ``[B, H, 1, d]``; ``key`` ``[B, Hkv, Tk, d]``.
+        padding: ``[B, Tk]`` bool keys the row may see (``None``: all).
+    """
+    batch_size, num_keys = query.size(0), key.size(2)
+    options = dict(clamp=clamp, sharpen_alpha=sharpen_alpha, sharpen_tau=sharpen_tau,
+                   threshold=threshold, top_k=top_k)
+    with torch.no_grad():
+        valid = None if padding is None else (padding & padding[:, -1:])[:, None]
+
+        def row(scores: Tensor, _valid, _start):
+            reduced = reduce_heads(masked_softmax(scores, valid, query.dtype), head_reduction)
+            if top_k is not None:
+                position = torch.full((1,), num_keys - 1, device=query.device)
+                return _sparsify_rows(reduced, valid, position, num_keys, options, inplace=True)
+            values = sharpen(reduced, clamp, sharpen_alpha, sharpen_tau, inplace=True)
+            return DecodeRow(values.mul_(keep_edges(values, valid, threshold, None))[:, 0])
+
+        (result,) = map_score_chunks(row, query, key, scaling=scaling,
+                                     query_offset=num_keys - 1, chunk_size=1)
+    if isinstance(result, DecodeRow):
+        return result
+    return AttentionGraph.from_coo(*result, batch_size=batch_size, seq_len=num_keys,
+                                   query_offset=num_keys - 1)

@@ -12,8 +12,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
 from torch_geometric.nn import PNAConv
 
-from pyg_transformer.graph import AttentionGraph, qk_to_graph
-from pyg_transformer.graph.construction import _reduce_heads, _sparsify_rows, causal_valid_mask
+from pyg_transformer.graph import AttentionGraph, DecodeRow, decode_row_graph, qk_to_graph
 from pyg_transformer.nn import WeightedGINConv, causal_degree_histogram
 
 PNA_AGGREGATORS = ["mean", "min", "max", "std"]
@@ -212,73 +211,6 @@ class SparseGinGNN(nn.Module):
             f"{self.__class__.__name__}({self.in_channels}, {self.hidden_channels}, "
             f"num_layers={len(self.convs)}, gnn_type={self.gnn_type!r})"
         )
-
-
-class DecodeRow:
-    r"""The adjacency of a single-query KV-cache decode step, kept dense: ``weight``
-    ``[B, Tk]`` holds the edge weight :math:`A'_{t,j}` of every kept edge ``j -> t``
-    (``t = Tk - 1``, the new token) and 0 elsewhere (kept weights are sigmoids above
-    :math:`\varepsilon \ge 0`, hence > 0). The :class:`AttentionGraph` is built from it
-    only when asked for (:meth:`to_graph`)."""
-
-    __slots__ = ("weight",)
-
-    def __init__(self, weight: Tensor):
-        self.weight = weight
-
-    @property
-    def seq_len(self) -> int:
-        return self.weight.size(1)
-
-    def to_graph(self) -> AttentionGraph:
-        """The equivalent :class:`AttentionGraph` (edges in ``(batch, key)`` order)."""
-        B, Tk = self.weight.shape
-        flat = self.weight.reshape(-1)
-        source = flat.nonzero().view(-1)
-        target = source - source % Tk + (Tk - 1)
-        return AttentionGraph(
-            edge_index=torch.stack([source, target]), edge_weight=flat[source],
-            batch=torch.arange(B, device=flat.device).repeat_interleave(Tk),
-            num_nodes=B * Tk, batch_size=B, seq_len=Tk, query_offset=Tk - 1,
-        )
-
-
-def decode_step_graph(query: Tensor, key: Tensor, scaling: float, mask: Tensor | None,
-                       options: dict) -> AttentionGraph | DecodeRow:
-    """:func:`qk_to_graph` for a single query row (a KV-cache decode step) without its
-    chunking and argument checks: the same scores, softmax, head reduction, clamp,
-    sharpening and threshold. Without ``top_k`` the row stays dense (a
-    :class:`DecodeRow`, no edge list); ``top_k`` goes through ``graph.construction``'s
-    row sparsifier."""
-    B, H, _, d = query.shape
-    Hkv, Tk = key.size(1), key.size(2)
-    with torch.no_grad():
-        # the [B * Hkv] batched product torch.matmul would do, without its reshaping
-        scores = torch.bmm(query.reshape(B * Hkv, H // Hkv, d),
-                           key.reshape(B * Hkv, Tk, d).transpose(1, 2)).view(B, H, Tk)
-        scores = (scores if scores.dtype == torch.float32 else scores.float()).mul_(scaling)
-        if mask is not None:
-            scores = scores.masked_fill(~mask[:, None], torch.finfo(torch.float32).min)
-        probs = torch.softmax(scores, dim=-1)
-        if probs.dtype != query.dtype:
-            probs = probs.to(query.dtype)
-        reduced = _reduce_heads(probs, options["head_reduction"])  # [B, Tk]
-        if options["top_k"] is None:
-            values = reduced.clamp_(max=options["clamp"]).sub_(options["sharpen_tau"])
-            values = values.mul_(options["sharpen_alpha"]).sigmoid_()
-            keep = values > options["threshold"]
-            if mask is not None:
-                keep &= mask & mask[:, -1:]
-            return DecodeRow(values.mul_(keep))
-        position = torch.full((1,), Tk - 1, device=query.device)
-        valid = causal_valid_mask(B, position, Tk, mask)
-        rest = {k: v for k, v in options.items() if k != "head_reduction"}
-        edge_index, edge_weight = _sparsify_rows(reduced[:, None], valid, position, Tk, **rest)
-    return AttentionGraph(
-        edge_index=edge_index, edge_weight=edge_weight,
-        batch=torch.arange(B, device=query.device).repeat_interleave(Tk),
-        num_nodes=B * Tk, batch_size=B, seq_len=Tk, query_offset=Tk - 1,
-    )
 
 
 class FeatureCache:
@@ -543,7 +475,7 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
             row = padding if visible is None else visible[:, 0]
             if row is not None and bool(row.all()):
                 row = None
-            graph = decode_step_graph(query, key, scaling, row, graph_options)
+            graph = decode_row_graph(query, key, scaling=scaling, padding=row, **graph_options)
         else:
             graph = qk_to_graph(query, key, scaling=scaling, attention_mask=padding,
                                 visible=visible, chunk_size=options["chunk_size"],
@@ -625,7 +557,7 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
 
     def forward(self, x: Tensor, graph: AttentionGraph | DecodeRow,
                 adapter_name: str | None = None) -> Tensor:
-        """:math:`\lambda \operatorname{RMSNorm}(\operatorname{GNN}(x, A'))` of one adapter
+        r""":math:`\lambda \operatorname{RMSNorm}(\operatorname{GNN}(x, A'))` of one adapter
         (default: the first active one) on a given graph without cached positions.
 
         Shapes:
