@@ -26,6 +26,7 @@ from pyg_transformer.graph.scoring import (
     reduce_heads,
     rows_to_edges,
     sharpen,
+    zero_dropped,
 )
 from pyg_transformer.graph.validation import (
     check_chunk_size,
@@ -264,7 +265,7 @@ def decode_row_graph(query: Tensor, key: Tensor, *, scaling: float,
                 position = torch.full((1,), num_keys - 1, device=query.device)
                 return _sparsify_rows(reduced, valid, position, num_keys, options, inplace=True)
             values = sharpen(reduced, clamp, sharpen_alpha, sharpen_tau, inplace=True)
-            return DecodeRow(values.mul_(keep_edges(values, valid, threshold, None))[:, 0])
+            return DecodeRow(zero_dropped(values, valid, threshold)[:, 0])
 
         (result,) = map_score_chunks(row, query, key, scaling=scaling,
                                      query_offset=num_keys - 1, chunk_size=1)

@@ -50,31 +50,46 @@ def causal_valid_mask(
     return valid
 
 
-def grouped_scores(query: Tensor, key: Tensor) -> Tensor:
-    """``[B, H, rows, K]`` dot products of ``query [B, H, rows, d]`` with grouped-query
-    ``key [B, Hkv, K, d]`` (query head ``h`` reads key head ``h // (H / Hkv)``): one
-    batched product per ``(b, key head)`` over its group of query heads, without
-    repeating the keys."""
+def grouped_scores(query: Tensor, key: Tensor, scale: float | Tensor | None = None) -> Tensor:
+    """``[B, H, rows, K]`` dot products ``scale * Q K^T`` of ``query [B, H, rows, d]`` with
+    grouped-query ``key [B, Hkv, K, d]`` (query head ``h`` reads key head
+    ``h // (H / Hkv)``): one batched product per ``(b, key head)`` over its group of query
+    heads, without repeating the keys; a number ``scale`` is fused into the product."""
     batch, heads, rows, d = query.shape
     kv_heads, num_keys = key.size(1), key.size(2)
-    scores = torch.bmm(query.reshape(batch * kv_heads, heads // kv_heads * rows, d),
-                       key.reshape(batch * kv_heads, num_keys, d).transpose(1, 2))
+    grouped = query.reshape(batch * kv_heads, heads // kv_heads * rows, d)
+    keys_t = key.reshape(batch * kv_heads, num_keys, d).transpose(1, 2)
+    if isinstance(scale, (int, float)):
+        # beta=0: the (empty) input is ignored
+        scores = torch.baddbmm(grouped.new_empty(()), grouped, keys_t, beta=0.0, alpha=scale)
+    else:
+        scores = torch.bmm(grouped, keys_t)
+        if scale is not None:
+            scores = scores * scale
     return scores.view(batch, heads, rows, num_keys)
 
 
+#: blocks of at most this many scores take one fused softmax; larger ones without
+#: autograd are normalised in place (no second buffer of the block's size)
+SMALL_BLOCK = 1 << 16
+
+
 def masked_softmax(scores: Tensor, valid: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """:math:`\\operatorname{softmax}_j` of float32 ``scores [B, H, rows, K]`` over the
-    ``valid [B, rows, K]`` keys (``None``: all), cast to ``dtype``. Without autograd it
-    works in place on ``scores``."""
+    """:math:`\operatorname{softmax}_j` of float32 ``scores [B, H, rows, K]`` over the
+    ``valid [B, rows, K]`` keys (``None``: all), cast to ``dtype``. Without autograd,
+    ``scores`` is overwritten."""
     if torch.is_grad_enabled():
         if valid is not None:
             scores = scores.masked_fill(~valid[:, None], MASKED_SCORE)
         probs = scores.softmax(dim=-1)
-    else:  # in place: one [B, H, rows, K] buffer
+    else:
         if valid is not None:
             scores = scores.masked_fill_(~valid[:, None], MASKED_SCORE)
-        probs = scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
-        probs = probs.div_(probs.sum(dim=-1, keepdim=True))
+        if scores.numel() <= SMALL_BLOCK:
+            probs = scores.softmax(dim=-1)
+        else:  # in place: one [B, H, rows, K] buffer
+            probs = scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
+            probs = probs.div_(probs.sum(dim=-1, keepdim=True))
     return probs if probs.dtype == dtype else probs.to(dtype)
 
 
@@ -124,6 +139,13 @@ def keep_edges(values: Tensor, valid: Tensor | None, threshold: float,
     if top_k is not None and top_k < values.size(-1):
         keep = top_k_rows(values, keep, top_k)
     return keep
+
+
+def zero_dropped(values: Tensor, valid: Tensor | None, threshold: float) -> Tensor:
+    """``values`` with every entry that is no edge (not ``valid`` or ``<= threshold``)
+    set to 0, in place: the dense form of :func:`keep_edges` without ``top_k``."""
+    values = torch.threshold_(values, threshold, 0.0)
+    return values if valid is None else values.masked_fill_(~valid, 0.0)
 
 
 def rows_to_edges(values: Tensor, keep: Tensor, query_positions: Tensor,
@@ -189,10 +211,11 @@ def map_score_chunks(
             )
             if visible is not None:
                 valid = valid & visible[:, start : start + rows, :stop]
-        scores = grouped_scores(query_chunk, key[:, :, :stop])
+        fused_scale = scaling if (query.dtype == torch.float32 or not upcast) else None
+        scores = grouped_scores(query_chunk, key[:, :, :stop], scale=fused_scale)
         if upcast and scores.dtype != torch.float32:
             scores = scores.float()
-        if scaling is not None:
+        if scaling is not None and fused_scale is None:
             scores = scores * scaling if torch.is_grad_enabled() else scores.mul_(scaling)
         return fn(scores, valid, start)
 

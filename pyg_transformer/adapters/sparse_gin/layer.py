@@ -5,6 +5,7 @@ layer peft tuner layer (:class:`SparseGinLayer`) holding it and its scale
 from __future__ import annotations
 
 import dataclasses
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -195,8 +196,8 @@ class SparseGinGNN(nn.Module):
             src.select(1, src.size(1) - 1).copy_(h)
             if eps.dtype != dtype:
                 eps = eps.to(dtype)
-            z = torch.bmm(rows, src).view(B, -1) + eps * h
-            z = F.relu(F.layer_norm(F.linear(z, w1, b1), ln_shape, ln_weight, ln_bias, ln_eps))
+            z = torch.bmm(rows, src).view(B, -1).addcmul_(eps, h)  # eps h_t + sum_j w_tj h_j
+            z = F.layer_norm(F.linear(z, w1, b1), ln_shape, ln_weight, ln_bias, ln_eps).relu_()
             if dropout.training and dropout.p > 0:
                 z = F.dropout(z, dropout.p, True)
             h = F.linear(z, w2, b2) + F.linear(h, w_res, b_res)
@@ -211,6 +212,36 @@ class SparseGinGNN(nn.Module):
             f"{self.__class__.__name__}({self.in_channels}, {self.hidden_channels}, "
             f"num_layers={len(self.convs)}, gnn_type={self.gnn_type!r})"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphOptions:
+    """The graph options of one adapter (from its :class:`SparseGinConfig`); hashable, so
+    adapters with equal options share one graph per call."""
+
+    head_reduction: str
+    sharpen_alpha: float
+    sharpen_tau: float
+    threshold: float
+    top_k: int | None
+    detach: bool
+    chunk_size: int
+    cross_token_edges: bool
+    clamp: float = 1.0
+
+    @classmethod
+    def from_config(cls, config) -> GraphOptions:
+        return cls(head_reduction=config.head_reduction, sharpen_alpha=config.alpha,
+                   sharpen_tau=config.tau, threshold=config.epsilon, top_k=config.top_k,
+                   detach=config.detach_adjacency, chunk_size=config.chunk_size,
+                   cross_token_edges=config.cross_token_edges)
+
+    @cached_property
+    def chain(self) -> dict:
+        """The keyword arguments of the adjacency chain (:func:`qk_to_graph`)."""
+        return dict(head_reduction=self.head_reduction, clamp=self.clamp,
+                    sharpen_alpha=self.sharpen_alpha, sharpen_tau=self.sharpen_tau,
+                    threshold=self.threshold, top_k=self.top_k)
 
 
 class FeatureCache:
@@ -291,7 +322,10 @@ def feature_cache(cache, layer_idx: int, adapter_name: str) -> FeatureCache:
                 store.reorder(beam_idx)
 
         cache.reorder_cache = reorder_cache
-    return stores.setdefault((layer_idx, adapter_name), FeatureCache())
+    store = stores.get((layer_idx, adapter_name))
+    if store is None:
+        store = stores[layer_idx, adapter_name] = FeatureCache()
+    return store
 
 
 def mask_visibility(mask: Tensor | None, batch_size: int, num_queries: int,
@@ -360,7 +394,7 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
         self.hidden_size = hidden_size
         self.sparse_gin_gnn = nn.ModuleDict()
         self.sparse_gin_lambda = nn.ParameterDict()
-        self.sparse_gin_options: dict[str, dict] = {}
+        self.sparse_gin_options: dict[str, GraphOptions] = {}
         self._disable_adapters = False
         self.merged_adapters = []
         self.frozen_peft_weight_names = {}
@@ -385,11 +419,7 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
         self.sparse_gin_lambda[adapter_name] = nn.Parameter(
             torch.tensor(float(scale), device=None if param is None else param.device))
         self.fresh_adapters.add(adapter_name)
-        self.sparse_gin_options[adapter_name] = dict(
-            head_reduction=config.head_reduction, clamp=1.0, sharpen_alpha=config.alpha,
-            sharpen_tau=config.tau, threshold=config.epsilon, top_k=config.top_k,
-            detach=config.detach_adjacency, chunk_size=config.chunk_size,
-            cross_token_edges=config.cross_token_edges)
+        self.sparse_gin_options[adapter_name] = GraphOptions.from_config(config)
         if not config.trainable_scale:
             self.frozen_peft_weight_names = {**self.frozen_peft_weight_names,
                                              adapter_name: ("sparse_gin_lambda",)}
@@ -453,35 +483,31 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
                     f"{Tk} keys (external adjacency is not supported with a KV cache)")
             external = external[:, Tk - Tq:]
         graphs: dict[str, AttentionGraph | DecodeRow] = {}
-        built: dict[tuple, AttentionGraph | DecodeRow] = {}
+        built: dict[GraphOptions, AttentionGraph | DecodeRow] = {}
         for adapter in running:
             options = self.sparse_gin_options[adapter]
-            signature = tuple(sorted(options.items()))
-            if signature not in built:
-                built[signature] = self._build_graph(query, key, scaling, padding, visible,
-                                                     external, options)
-            graphs[adapter] = built[signature]
+            if options not in built:
+                built[options] = self._build_graph(query, key, scaling, padding, visible,
+                                                   external, options)
+            graphs[adapter] = built[options]
         self._graphs = graphs
 
     @staticmethod
     def _build_graph(query: Tensor, key: Tensor, scaling: float, padding: Tensor | None,
                      visible: Tensor | None, external: Tensor | None,
-                     options: dict) -> AttentionGraph | DecodeRow:
-        graph_options = {k: v for k, v in options.items()
-                         if k not in ("detach", "chunk_size", "cross_token_edges")}
+                     options: GraphOptions) -> AttentionGraph | DecodeRow:
         Tq, Tk = query.size(2), key.size(2)
-        fast = external is None and (options["detach"] or not torch.is_grad_enabled())
-        if Tq == 1 and fast:
+        if Tq == 1 and external is None and (options.detach or not torch.is_grad_enabled()):
             row = padding if visible is None else visible[:, 0]
             if row is not None and bool(row.all()):
                 row = None
-            graph = decode_row_graph(query, key, scaling=scaling, padding=row, **graph_options)
+            graph = decode_row_graph(query, key, scaling=scaling, padding=row, **options.chain)
         else:
             graph = qk_to_graph(query, key, scaling=scaling, attention_mask=padding,
-                                visible=visible, chunk_size=options["chunk_size"],
-                                query_offset=Tk - Tq, detach=options["detach"],
-                                external=external, **graph_options)
-        return graph if options["cross_token_edges"] else _self_loops_only(graph)
+                                visible=visible, chunk_size=options.chunk_size,
+                                query_offset=Tk - Tq, detach=options.detach,
+                                external=external, **options.chain)
+        return graph if options.cross_token_edges else _self_loops_only(graph)
 
     def merge_output(self, module: nn.Module, args: tuple, kwargs: dict, output):
         """Forward hook of the attention block: its output :math:`O` becomes
@@ -506,18 +532,22 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
         attn_out = output[0] if isinstance(output, tuple) else output
         x = residual + attn_out
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        delta = None
+        merged = attn_out
         for adapter in running:
-            out = self._adapter_output(adapter, x, graphs[adapter], cache)
-            delta = out if delta is None else delta + out
+            out = self._gnn_output(adapter, x, graphs[adapter], cache)
+            # O + lambda_a * GNN_a(...), one fused op
+            merged = merged.addcmul(self.sparse_gin_lambda[adapter].to(merged.dtype),
+                                    out if out.dtype == merged.dtype else out.to(merged.dtype))
         graph = graphs[running[0]]
         self._last_graph = graph if isinstance(graph, DecodeRow) else graph.detached()
         if isinstance(output, tuple):
-            return (attn_out + delta,) + output[1:]
-        return attn_out + delta
+            return (merged,) + output[1:]
+        return merged
 
-    def _adapter_output(self, adapter: str, x: Tensor, graph: AttentionGraph | DecodeRow,
-                        cache) -> Tensor:
+    def _gnn_output(self, adapter: str, x: Tensor, graph: AttentionGraph | DecodeRow,
+                    cache) -> Tensor:
+        """:math:`\operatorname{RMSNorm}(\operatorname{GNN}(x, A'))` of ``adapter`` (before
+        :math:`\lambda`), reading and updating its node features on ``cache``."""
         gnn = self.sparse_gin_gnn[adapter]
         B, Tq = x.size(0), x.size(1)
         Tk = graph.seq_len
@@ -552,8 +582,7 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
             out, features = gnn(xin, graph.edge_index, graph.edge_weight, past)
             if store is not None:
                 store.replace(features, first)
-        out = self.sparse_gin_lambda[adapter] * out
-        return out if out.dtype == x.dtype else out.to(x.dtype)
+        return out
 
     def forward(self, x: Tensor, graph: AttentionGraph | DecodeRow,
                 adapter_name: str | None = None) -> Tensor:
@@ -564,7 +593,8 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
             ``x`` ``[B, T, D]``, ``graph`` over ``B * T`` nodes -> ``[B, T, D]``.
         """
         adapter = adapter_name or self.active_adapters[0]
-        return self._adapter_output(adapter, x, graph, cache=None)
+        out = self.sparse_gin_lambda[adapter] * self._gnn_output(adapter, x, graph, cache=None)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
     @property
     def last_graph(self) -> AttentionGraph | None:
