@@ -40,7 +40,7 @@ MODELS = {
     "GIN softmax (dense)": {"attention_type": "gin", "adjacency_activation": "softmax",
                             "graph_backend": "dense"},
     "GIN top-k (PyG)": {"attention_type": "gin", "adjacency_activation": "top_k",
-                        "top_k": 32, "graph_backend": "pyg"},
+                        "adjacency_top_k": 32, "graph_backend": "pyg"},
     "PNA softmax (dense)": {"attention_type": "pna", "adjacency_activation": "softmax",
                             "graph_backend": "dense", "use_o_proj": True,
                             "value_projection": True},

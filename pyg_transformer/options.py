@@ -25,7 +25,7 @@ SPARSE_GIN_DEFAULTS = dict(
 #: the defaults of :class:`~pyg_transformer.GraphLlamaConfig`'s graph-attention fields
 GRAPH_DEFAULTS = dict(
     attention_type="gin", adjacency_activation="softmax", sharpening=True, sharpening_init=1.0,
-    adjacency_beta=1.0, adjacency_tau=0.0, adjacency_tau_trainable=False, top_k=None,
-    gin_mlp_multiplier=0.5, gin_eps_init=0.0, use_o_proj=False, value_projection=False,
+    adjacency_beta=1.0, adjacency_tau=0.0, adjacency_tau_trainable=False,
+    adjacency_top_k=None, gin_mlp_multiplier=0.5, gin_eps_init=0.0, use_o_proj=False, value_projection=False,
     pna_aggregators=("sum", "mean", "max", "var"), pna_blend=False, graph_backend="auto",
 )

@@ -8,7 +8,7 @@ ACTIVATIONS = {
     "sigmoid": {"adjacency_beta": 2.0, "adjacency_tau": 0.1},
     "sharp_softplus": {"adjacency_beta": 2.0, "adjacency_tau": 0.1},
     "relu_threshold": {"adjacency_tau": 0.12},
-    "top_k": {"top_k": 3},
+    "top_k": {"adjacency_top_k": 3},
 }
 
 

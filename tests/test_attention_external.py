@@ -6,7 +6,7 @@ import torch
 from pyg_transformer import AttentionGraph, GraphLlamaConfig, GraphLlamaForCausalLM
 from pyg_transformer.graph import attention_to_graph
 
-KW = {"softmax": {}, "top_k": {"top_k": 2}, "sigmoid": {"adjacency_beta": 2.0}}
+KW = {"softmax": {}, "top_k": {"adjacency_top_k": 2}, "sigmoid": {"adjacency_beta": 2.0}}
 
 
 def build(attention_type="gin", activation="softmax", backend="auto", seed=0):

@@ -152,11 +152,22 @@ def test_graph_flags_reach_the_model_and_the_reference_stays_matched(char_tokeni
     assert max(sizes.values()) - min(sizes.values()) <= 0.02 * max(sizes.values())
 
     top_k = _settings(["pretrain", "--attention", "gin", *SHAPE,
-                       "--adjacency-activation", "top_k", "--top-k", "0.5"])
+                       "--adjacency-activation", "top_k", "--adjacency-top-k", "0.5"])
     config = build_matched_config("gin", top_k, char_tokenizer, 64)
-    assert (config.adjacency_activation, config.top_k) == ("top_k", 0.5)
-    assert _settings(["pretrain", "--attention", "gin", "--adjacency-activation", "top_k",
-                      "--top-k", "3"]).graph["top_k"] == 3
+    assert (config.adjacency_activation, config.adjacency_top_k) == ("top_k", 0.5)
+    for flag in ("--adjacency-top-k", "--top-k"):  # --top-k: the old name
+        assert _settings(["pretrain", "--attention", "gin", "--adjacency-activation", "top_k",
+                          flag, "3"]).graph == {"adjacency_activation": "top_k",
+                                                "adjacency_top_k": 3}
+
+
+def test_old_graph_option_name_in_arms_and_settings():
+    with pytest.warns(FutureWarning, match="'top_k' is deprecated, use 'adjacency_top_k'"):
+        arm = define_pretrain_arm("k", ["adjacency_activation=top_k", "top_k=0.5"])
+    assert arm.options["adjacency_top_k"] == 0.5 and "top_k" not in arm.options
+    with pytest.warns(FutureWarning, match="graph: graph option 'top_k' is deprecated"):
+        settings = PretrainSettings(graph={"adjacency_activation": "top_k", "top_k": 4})
+    assert settings.graph == {"adjacency_activation": "top_k", "adjacency_top_k": 4}
 
 
 def test_built_in_and_gamma_pretrain_arms(char_tokenizer):
@@ -309,9 +320,9 @@ BAD_VALUES = {
                        r"gin_mlp_multiplier must be a positive number, got -1\.0"),
     "top_k activation without k": (["pretrain", "--attention", "gin",
                                     "--adjacency-activation", "top_k"],
-                                   r"top_k must be an int >= 1 or a float in \(0, 1\]"),
-    "k without top_k": (["pretrain", "--attention", "gin", "--top-k", "3"],
-                        r"top_k is only used with adjacency_activation='top_k'"),
+                                   r"adjacency_top_k must be an int >= 1 or a float in \(0, 1\]"),
+    "k without top_k": (["pretrain", "--attention", "gin", "--adjacency-top-k", "3"],
+                        r"adjacency_top_k is only used with adjacency_activation='top_k'"),
     "pna option on a gin arm": (["compare", "pretrain", "--arm", "x", "pna_blend=true"],
                                 r"arm 'x': pna_blend=True needs attention_type='pna'"),
     "graph options on a standard arm": (["compare", "pretrain", "--arm", "x",

@@ -1,6 +1,11 @@
-"""GraphLlamaConfig: defaults, serialisation and ValueError on invalid values."""
+"""GraphLlamaConfig: defaults, serialisation, ValueError on invalid values and the
+deprecated ``top_k`` name of ``adjacency_top_k``."""
+
+import json
+import warnings
 
 import pytest
+from transformers import AutoConfig
 
 from pyg_transformer import GraphLlamaConfig
 
@@ -18,20 +23,20 @@ def test_defaults_follow_the_papers_best_model():
     assert config.pna_aggregators == ["sum", "mean", "max", "var"]
     assert config.resolved_graph_backend == "dense"
     assert GraphLlamaConfig(**BASE, adjacency_activation="top_k",
-                            top_k=4).resolved_graph_backend == "pyg"
+                            adjacency_top_k=4).resolved_graph_backend == "pyg"
     assert GraphLlamaConfig(**BASE, adjacency_activation="relu_threshold",
                             graph_backend="dense").resolved_graph_backend == "dense"
 
 
 def test_dict_round_trip_keeps_every_graph_option():
     config = GraphLlamaConfig(
-        **BASE, attention_type="pna", adjacency_activation="top_k", top_k=0.25,
+        **BASE, attention_type="pna", adjacency_activation="top_k", adjacency_top_k=0.25,
         sharpening=False, sharpening_init=3.0, adjacency_beta=4.0, adjacency_tau=0.2,
         gin_mlp_multiplier=2.0, gin_eps_init=0.1, use_o_proj=True, value_projection=True,
         pna_aggregators=["var", "max"], pna_blend=True, graph_backend="dense",
     )
     loaded = GraphLlamaConfig.from_dict(config.to_dict())
-    for name in ("attention_type", "adjacency_activation", "top_k", "sharpening",
+    for name in ("attention_type", "adjacency_activation", "adjacency_top_k", "sharpening",
                  "sharpening_init", "adjacency_beta", "adjacency_tau", "gin_mlp_multiplier",
                  "gin_eps_init", "use_o_proj", "value_projection", "pna_aggregators",
                  "pna_blend", "graph_backend"):
@@ -48,11 +53,11 @@ INVALID = [
     ({"hidden_size": 30}, "hidden size"),
     ({"num_key_value_heads": 3}, "num_key_value_heads"),
     ({"head_dim": 16}, "head_dim"),
-    ({"adjacency_activation": "top_k"}, "top_k"),
-    ({"adjacency_activation": "top_k", "top_k": 0}, "top_k"),
-    ({"adjacency_activation": "top_k", "top_k": 1.5}, "top_k"),
-    ({"adjacency_activation": "top_k", "top_k": True}, "top_k"),
-    ({"top_k": 4}, "top_k"),  # top_k without the top_k activation would be a dead option
+    ({"adjacency_activation": "top_k"}, "adjacency_top_k"),
+    ({"adjacency_activation": "top_k", "adjacency_top_k": 0}, "adjacency_top_k"),
+    ({"adjacency_activation": "top_k", "adjacency_top_k": 1.5}, "adjacency_top_k"),
+    ({"adjacency_activation": "top_k", "adjacency_top_k": True}, "adjacency_top_k"),
+    ({"adjacency_top_k": 4}, "adjacency_top_k"),  # without the top_k activation: a dead option
     ({"sharpening_init": 0.0}, "sharpening_init"),
     ({"sharpening_init": float("inf")}, "sharpening_init"),
     ({"adjacency_beta": -1.0}, "adjacency_beta"),
@@ -121,3 +126,53 @@ def test_valid_llama_fields_round_trip_through_from_pretrained(tmp_path):
     assert loaded.to_dict() == config.to_dict()
     assert loaded.rope_parameters["rope_theta"] == 500.0 and loaded.hidden_act == "gelu"
     assert GraphLlamaConfig(**BASE, attention_dropout=None).attention_dropout is None
+
+
+def test_old_top_k_keyword_is_deprecated_and_moved():
+    with pytest.warns(FutureWarning, match="`top_k` is deprecated.*use `adjacency_top_k`"):
+        config = GraphLlamaConfig(**BASE, top_k=8, adjacency_activation="top_k")
+    assert config.adjacency_top_k == 8 and config.resolved_graph_backend == "pyg"
+    assert not hasattr(config, "top_k") and "top_k" not in config.to_dict()
+    with pytest.warns(FutureWarning):  # the same value under both names is fine
+        assert GraphLlamaConfig(**BASE, top_k=0.5, adjacency_top_k=0.5,
+                                adjacency_activation="top_k").adjacency_top_k == 0.5
+    with pytest.warns(FutureWarning), pytest.raises(
+            ValueError, match=r"both adjacency_top_k=4 and its deprecated name top_k=8"):
+        GraphLlamaConfig(**BASE, top_k=8, adjacency_top_k=4, adjacency_activation="top_k")
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="adjacency_top_k"):
+        GraphLlamaConfig(**BASE, top_k=0, adjacency_activation="top_k")
+
+
+def _write_old_config(path, **graph) -> None:
+    """A ``config.json`` as the code before the rename saved it: ``top_k`` always there."""
+    config = GraphLlamaConfig(**BASE, **{k: v for k, v in graph.items() if k != "top_k"},
+                              adjacency_top_k=graph.get("top_k")).to_dict()
+    config["top_k"] = config.pop("adjacency_top_k")
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("load", [GraphLlamaConfig.from_pretrained, AutoConfig.from_pretrained])
+def test_config_saved_with_the_old_name_loads_and_saves_the_new_one(tmp_path, load):
+    _write_old_config(tmp_path / "old", attention_type="pna", adjacency_activation="top_k",
+                      top_k=0.25)
+    with pytest.warns(FutureWarning, match="`top_k` is deprecated"):
+        config = load(tmp_path / "old")
+    assert isinstance(config, GraphLlamaConfig)
+    assert (config.attention_type, config.adjacency_top_k) == ("pna", 0.25)
+    config.save_pretrained(tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert saved["adjacency_top_k"] == 0.25 and "top_k" not in saved
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load(tmp_path / "new").adjacency_top_k == 0.25
+
+
+def test_old_default_top_k_null_loads_silently(tmp_path):
+    """Every old ``config.json`` holds ``"top_k": null`` (the default): nothing to move."""
+    _write_old_config(tmp_path, adjacency_activation="softmax")
+    assert json.loads((tmp_path / "config.json").read_text())["top_k"] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        config = AutoConfig.from_pretrained(tmp_path)
+    assert config.adjacency_top_k is None and "top_k" not in config.to_dict()

@@ -38,7 +38,7 @@ def test_auto_classes_after_import():
         {"attention_type": "gin", "adjacency_activation": "sigmoid", "adjacency_tau_trainable": True,
          "use_o_proj": True, "value_projection": True, "sharpening": False,
          "sharpening_init": 2.0},
-        {"attention_type": "pna", "adjacency_activation": "top_k", "top_k": 0.5,
+        {"attention_type": "pna", "adjacency_activation": "top_k", "adjacency_top_k": 0.5,
          "pna_blend": True, "pna_aggregators": ["max", "sum"]},
         {"attention_type": "standard"},
     ],
@@ -122,7 +122,7 @@ def test_gradients_reach_graph_parameters(attention_type, activation):
          "adjacency_tau_trainable": True, "graph_backend": "pyg"},
         {"attention_type": "pna", "pna_blend": True, "use_o_proj": True,
          "value_projection": True},
-        {"attention_type": "pna", "adjacency_activation": "top_k", "top_k": 2,
+        {"attention_type": "pna", "adjacency_activation": "top_k", "adjacency_top_k": 2,
          "graph_backend": "pyg"},
         {"attention_type": "standard"},
     ],
@@ -155,7 +155,7 @@ def test_graph_parameters_contract():
 
 @pytest.mark.parametrize("backend", ["dense", "pyg"])
 def test_attention_graphs_are_the_layers_adjacency(backend):
-    model = build(attention_type="gin", adjacency_activation="top_k", top_k=2,
+    model = build(attention_type="gin", adjacency_activation="top_k", adjacency_top_k=2,
                   graph_backend=backend)
     ids = torch.randint(3, 64, (2, 7))
     mask = torch.ones_like(ids)

@@ -73,7 +73,7 @@ class GraphAttentionBase(nn.Module):
             self.config.adjacency_activation,
             beta=float(self.config.adjacency_beta),
             tau=self.tau,
-            top_k=self.config.top_k,
+            top_k=self.config.adjacency_top_k,
         )
 
     def project(

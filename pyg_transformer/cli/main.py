@@ -55,7 +55,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _int_or_fraction(text: str) -> int | float:
-    """``--top-k`` of ``pretrain``: an int (keys per query) or a float (a fraction)."""
+    """``--adjacency-top-k`` of ``pretrain``: an int (keys per query) or a float (a
+    fraction)."""
     return parse_value("int | float", text)
 
 
@@ -99,18 +100,22 @@ GRAPH_FLAGS = (
      "β of the sigmoid and sharp_softplus activations"),
     ("adjacency_tau", "--adjacency-tau", {"type": float},
      "τ of the sigmoid, sharp_softplus and relu_threshold activations"),
-    ("top_k", "--top-k", {"type": _int_or_fraction},
+    ("adjacency_top_k", "--adjacency-top-k", {"type": _int_or_fraction},
      "k of --adjacency-activation top_k: an int >= 1 (keys per query) or a fraction in "
-     "(0, 1] of the causal keys (default: none; top_k needs one)"),
+     "(0, 1] of the causal keys (default: none; top_k needs one; --top-k is its old name)"),
 )
+
+
+#: flags renamed in ``GRAPH_FLAGS``/``SPARSE_GIN_FLAGS`` -> their old names, still accepted
+OLD_FLAG_NAMES = {"--adjacency-top-k": ("--top-k",)}
 
 
 def _add_option_flags(group, specs: tuple, defaults: dict) -> None:
     for name, flag, kwargs, help_text in specs:
         if "action" not in kwargs and "choices" not in kwargs:
             kwargs = {"metavar": name.upper(), **kwargs}
-        group.add_argument(flag, dest=f"option_{name}", default=defaults[name],
-                           help=help_text, **kwargs)
+        group.add_argument(flag, *OLD_FLAG_NAMES.get(flag, ()), dest=f"option_{name}",
+                           default=defaults[name], help=help_text, **kwargs)
 
 
 def _option_values(args, specs: tuple) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +28,9 @@ PRETRAIN_DATA = ("gsm", "protein")
 #: the graph options of :class:`~pyg_transformer.GraphLlamaConfig` that settings and arms
 #: may set (GIN and PNA arms; the standard arm has none)
 GRAPH_OPTIONS = ("adjacency_activation", "sharpening", "sharpening_init", "adjacency_beta",
-                 "adjacency_tau", "adjacency_tau_trainable", "top_k", "gin_mlp_multiplier",
-                 "gin_eps_init", "use_o_proj", "value_projection", "pna_aggregators",
-                 "pna_blend", "graph_backend")
+                 "adjacency_tau", "adjacency_tau_trainable", "adjacency_top_k",
+                 "gin_mlp_multiplier", "gin_eps_init", "use_o_proj", "value_projection",
+                 "pna_aggregators", "pna_blend", "graph_backend")
 #: the built-in pre-training arms: the reference, the paper's best GIN and PNA, and the
 #: variants of its Fig. 6; their options override the settings' graph options. Any GIN/PNA
 #: arm's name followed by ``-gamma<G>`` (e.g. ``gin-gamma0.25``) is that arm with
@@ -44,6 +45,9 @@ PRETRAIN_ARMS = {arm.name: arm for arm in (
     Arm("pna-blend", "pna", {"pna_blend": True}),
     Arm("standard", "standard"),
 )}
+#: graph options renamed in :data:`GRAPH_OPTIONS` -> their new names (old names still
+#: accepted, with a ``FutureWarning``)
+OLD_GRAPH_OPTIONS = {"top_k": "adjacency_top_k"}
 _GAMMA_ARM = re.compile(r"(?P<base>.+)-gamma(?P<gamma>[0-9]*\.?[0-9]+)\Z")
 
 
@@ -64,6 +68,16 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def _renamed(key: str, where: str) -> str:
+    """``key``, or the new name of an :data:`OLD_GRAPH_OPTIONS` key (with a warning)."""
+    if key not in OLD_GRAPH_OPTIONS:
+        return key
+    new = OLD_GRAPH_OPTIONS[key]
+    warnings.warn(f"{where}: graph option {key!r} is deprecated, use {new!r}",
+                  FutureWarning, stacklevel=3)
+    return new
+
+
 def check_graph_options(options: dict[str, Any], attention: str, where: str,
                         settings: PretrainSettings | None = None) -> dict[str, Any]:
     """``options`` checked by building a :class:`~pyg_transformer.GraphLlamaConfig` of
@@ -77,6 +91,7 @@ def check_graph_options(options: dict[str, Any], attention: str, where: str,
     if not isinstance(options, dict):
         raise ValueError(f"{where} must be a dict of GraphLlamaConfig options, got "
                          f"{options!r}")
+    options = {_renamed(key, where): value for key, value in options.items()}
     unknown = [key for key in options if key not in GRAPH_OPTIONS]
     if unknown:
         raise ValueError(f"{where}: unknown graph option {unknown[0]!r} (options: "
@@ -130,8 +145,12 @@ def pretrain_arm(arm: str | Arm, settings: PretrainSettings | None = None) -> Ar
 
 def define_pretrain_arm(name: str, assignments: list[str]) -> Arm:
     """A pre-training arm from ``KEY=VALUE`` texts: ``base=`` a built-in arm (default
-    ``gin``), the other keys :data:`GRAPH_OPTIONS` (see
+    ``gin``), the other keys :data:`GRAPH_OPTIONS` or their old names (see
     :func:`~pyg_transformer.experiments.arms.define_arm`)."""
+    assignments = [
+        _renamed(key, f"arm {name!r}") + sep + text
+        for key, sep, text in (assignment.partition("=") for assignment in assignments)
+    ]
     return pretrain_arm(define_arm(name, assignments, PRETRAIN_ARMS, "gin",
                                    graph_option_types()))
 

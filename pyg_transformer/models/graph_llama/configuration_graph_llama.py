@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import LlamaConfig
@@ -52,8 +53,9 @@ class GraphLlamaConfig(LlamaConfig):
         adjacency_activation: ``"softmax"``; ``"sigmoid"``:
             :math:`\sigma(\beta (S - \tau))`; ``"sharp_softplus"``:
             :math:`\log(1 + e^{\beta (S - \tau)}) / \beta`; ``"relu_threshold"``:
-            :math:`\mathrm{ReLU}(\mathrm{softmax}(S) - \tau)`; ``"top_k"``: the ``top_k``
-            largest :math:`\mathrm{softmax}(S)` of each row (other entries 0).
+            :math:`\mathrm{ReLU}(\mathrm{softmax}(S) - \tau)`; ``"top_k"``: the
+            ``adjacency_top_k`` largest :math:`\mathrm{softmax}(S)` of each row (other
+            entries 0).
         sharpening: if ``True`` the per-layer sharpening :math:`\alpha_l` is trainable
             (stored as :math:`\log \alpha_l`, so it stays positive); else it is fixed.
         sharpening_init: initial (or fixed) value of :math:`\alpha_l`, ``> 0``.
@@ -62,9 +64,12 @@ class GraphLlamaConfig(LlamaConfig):
             ``relu_threshold``.
         adjacency_tau_trainable: make :math:`\tau` a trainable per-layer scalar (only
             with an activation that reads it).
-        top_k: ``k`` of ``"top_k"``: an int ``>= 1`` (keys kept per query) or a float in
-            ``(0, 1]`` (fraction of the row's ``i + 1`` causal keys, rounded up, at
-            least 1). Required by, and only allowed with, ``adjacency_activation="top_k"``.
+        adjacency_top_k: ``k`` of ``"top_k"``: an int ``>= 1`` (keys kept per query) or
+            a float in ``(0, 1]`` (:math:`\lceil k (i + 1) \rceil` of row ``i``'s causal
+            keys, at least 1). Required by, and only allowed with,
+            ``adjacency_activation="top_k"``. Its old name ``top_k`` (the sampling
+            ``top_k`` of generation) is still accepted, with a ``FutureWarning``, and
+            configs saved with it load with the value moved here.
         gin_mlp_multiplier: :math:`\gamma > 0`; the per-head MLPs (GIN and PNA) have
             ``int(gamma * d) >= 1`` hidden units.
         gin_eps_init: initial :math:`\epsilon_h` of the GIN update (trainable).
@@ -101,7 +106,7 @@ class GraphLlamaConfig(LlamaConfig):
     adjacency_beta: float = GRAPH_DEFAULTS["adjacency_beta"]
     adjacency_tau: float = GRAPH_DEFAULTS["adjacency_tau"]
     adjacency_tau_trainable: bool = GRAPH_DEFAULTS["adjacency_tau_trainable"]
-    top_k: int | float | None = GRAPH_DEFAULTS["top_k"]
+    adjacency_top_k: int | float | None = GRAPH_DEFAULTS["adjacency_top_k"]
     gin_mlp_multiplier: float = GRAPH_DEFAULTS["gin_mlp_multiplier"]
     gin_eps_init: float = GRAPH_DEFAULTS["gin_eps_init"]
     use_o_proj: bool = GRAPH_DEFAULTS["use_o_proj"]
@@ -111,6 +116,8 @@ class GraphLlamaConfig(LlamaConfig):
     graph_backend: str = GRAPH_DEFAULTS["graph_backend"]
 
     def __post_init__(self, **kwargs):
+        # before PreTrainedConfig.__post_init__, which drops generation keys such as top_k
+        self._take_legacy_top_k(kwargs)
         # LlamaConfig.__post_init__ divides hidden_size by num_attention_heads
         _check_positive_int("num_attention_heads", self.num_attention_heads)
         super().__post_init__(**kwargs)
@@ -127,6 +134,36 @@ class GraphLlamaConfig(LlamaConfig):
             cause = error.__cause__
             kind = TypeError if isinstance(cause, TypeError) else ValueError
             raise kind(f"invalid {name}={value!r}: {cause}") from error
+
+    def _take_legacy_top_k(self, kwargs: dict) -> None:
+        """Move the deprecated ``top_k`` keyword (configs saved before the rename) to
+        ``adjacency_top_k``.
+
+        As transformers does for ``rope_scaling``, a ``FutureWarning``; the old default
+        ``"top_k": null`` that every old ``config.json`` holds is dropped silently (as
+        transformers does for ``torch_dtype``).
+
+        Raises:
+            ValueError: ``top_k`` and ``adjacency_top_k`` both given, with different values.
+        """
+        if "top_k" not in kwargs:
+            return
+        value = kwargs.pop("top_k")
+        if value is None:
+            return
+        warnings.warn(
+            "GraphLlamaConfig: `top_k` is deprecated and will be removed in a future "
+            "version of pyg_transformer; use `adjacency_top_k` (the adjacency's k; `top_k` "
+            "is generation's sampling option). Saving the config again writes the new name.",
+            FutureWarning,
+            stacklevel=4,
+        )
+        if self.adjacency_top_k is not None and self.adjacency_top_k != value:
+            raise ValueError(
+                f"got both adjacency_top_k={self.adjacency_top_k!r} and its deprecated name "
+                f"top_k={value!r}; give adjacency_top_k only"
+            )
+        self.adjacency_top_k = value
 
     def validate_graph_options(self) -> None:
         """Check every option, the inherited Llama fields included.
@@ -189,18 +226,18 @@ class GraphLlamaConfig(LlamaConfig):
                 f"{TAU_ACTIVATIONS}, got adjacency_activation={self.adjacency_activation!r}"
             )
         if self.adjacency_activation == "top_k":
-            k = self.top_k
+            k = self.adjacency_top_k
             if isinstance(k, bool) or not (
                 (isinstance(k, int) and k >= 1) or (isinstance(k, float) and 0 < k <= 1)
             ):
                 raise ValueError(
-                    f"top_k must be an int >= 1 or a float in (0, 1] with "
+                    f"adjacency_top_k must be an int >= 1 or a float in (0, 1] with "
                     f"adjacency_activation='top_k', got {k!r}"
                 )
-        elif self.top_k is not None:
+        elif self.adjacency_top_k is not None:
             raise ValueError(
-                f"top_k is only used with adjacency_activation='top_k' (got "
-                f"{self.adjacency_activation!r}); got top_k={self.top_k!r}"
+                f"adjacency_top_k is only used with adjacency_activation='top_k' (got "
+                f"{self.adjacency_activation!r}); got adjacency_top_k={self.adjacency_top_k!r}"
             )
         gamma = self.gin_mlp_multiplier
         if not _is_real(gamma) or not 0 < gamma < math.inf:

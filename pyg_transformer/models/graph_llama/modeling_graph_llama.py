@@ -3,27 +3,31 @@
 Everything but the attention module is transformers' Llama (embeddings, RoPE, RMSNorm,
 MLP, decoder layer, LM head, generation). ``attention_type="standard"`` keeps
 :class:`~transformers.models.llama.modeling_llama.LlamaAttention`.
+
+The three ``__init__`` methods run transformers' own ``LlamaDecoderLayer.__init__``,
+``LlamaModel.__init__`` and ``LlamaForCausalLM.__init__`` (see :func:`_llama_init`): the
+bodies are reused, not copied, and no Llama module is built only to be replaced.
 """
 
 from __future__ import annotations
 
 import math
+import types
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.generation import GenerationConfig
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.models.llama import modeling_llama
 from transformers.models.llama.modeling_llama import (
     LlamaAttention,
     LlamaDecoderLayer,
     LlamaForCausalLM,
     LlamaModel,
     LlamaPreTrainedModel,
-    LlamaRMSNorm,
-    LlamaRotaryEmbedding,
 )
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
@@ -37,16 +41,84 @@ from pyg_transformer.models.graph_llama.configuration_graph_llama import GraphLl
 GRAPH_ATTENTION_CLASSES = {"gin": GINAttention, "pna": PNAAttention}
 
 
+class _LlamaNamespace(dict):
+    """The globals of ``modeling_llama`` with a few names bound to other objects.
+
+    Only the overrides are stored; every other name is looked up in the live module
+    (``__missing__``), so e.g. transformers' ``monkey_patching.apply_patches`` still
+    reaches the reused ``__init__`` bodies.
+    """
+
+    def __init__(self, module_globals: dict, overrides: dict[str, object]):
+        super().__init__(overrides, __builtins__=module_globals["__builtins__"])
+        self.module_globals = module_globals
+
+    def __missing__(self, name: str):
+        return self.module_globals[name]
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """Names a code object (and the comprehensions inside it) may load as globals."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _llama_init(parent: type[nn.Module], **overrides: Callable) -> Callable:
+    r"""``parent.__init__`` with the Llama classes it instantiates replaced by ours.
+
+    ``LlamaDecoderLayer.__init__`` builds ``LlamaAttention(...)``, ``LlamaModel.__init__``
+    ``LlamaDecoderLayer(...)`` and ``LlamaForCausalLM.__init__`` ``LlamaModel(...)``, each
+    looked up in ``modeling_llama``'s globals and with no hook to choose another class.
+    Calling ``super().__init__`` and replacing the result afterwards would build a
+    throw-away module (on the meta device too, only cheaper). Instead the returned
+    function is the parent's own code object and closure (so its ``super()`` resolves
+    as in the parent) run against :class:`_LlamaNamespace`, where each name in
+    ``overrides`` (e.g. ``LlamaAttention=...``) means our factory. transformers itself is
+    not modified, so plain Llama models are unaffected, in any thread.
+
+    Raises:
+        ImportError: ``parent.__init__`` no longer names one of ``overrides`` (a
+            transformers change this reuse must follow).
+    """
+    init = parent.__init__
+    unknown = sorted(set(overrides) - _global_names(init.__code__))
+    if unknown:
+        raise ImportError(
+            f"transformers' {parent.__name__}.__init__ no longer instantiates {unknown}; "
+            "pyg_transformer's GraphLlama models must be updated to this transformers version"
+        )
+    function = types.FunctionType(
+        init.__code__, _LlamaNamespace(init.__globals__, overrides), init.__name__,
+        init.__defaults__, init.__closure__,
+    )
+    function.__kwdefaults__ = init.__kwdefaults__
+    function.__qualname__ = init.__qualname__
+    return function
+
+
+def _self_attention(config: GraphLlamaConfig, layer_idx: int) -> nn.Module:
+    """The decoder layer's ``self_attn``: GIN-/PNA-Attention, or Llama's attention."""
+    attention = GRAPH_ATTENTION_CLASSES.get(config.attention_type, modeling_llama.LlamaAttention)
+    return attention(config=config, layer_idx=layer_idx)
+
+
+_decoder_layer_init = _llama_init(LlamaDecoderLayer, LlamaAttention=_self_attention)
+
+
 class GraphLlamaDecoderLayer(LlamaDecoderLayer):
     """:class:`~transformers.models.llama.modeling_llama.LlamaDecoderLayer` whose
     ``self_attn`` is :class:`~pyg_transformer.attention.GINAttention` or
     :class:`~pyg_transformer.attention.PNAAttention` (``LlamaAttention`` for
-    ``attention_type="standard"``)."""
+    ``attention_type="standard"``).
+
+    ``__init__`` is ``LlamaDecoderLayer.__init__`` building that attention in place of
+    ``LlamaAttention`` (see :func:`_llama_init`)."""
 
     def __init__(self, config: GraphLlamaConfig, layer_idx: int):
-        super().__init__(config, layer_idx)
-        if config.attention_type in GRAPH_ATTENTION_CLASSES:
-            self.self_attn = GRAPH_ATTENTION_CLASSES[config.attention_type](config, layer_idx)
+        _decoder_layer_init(self, config, layer_idx)
 
 
 class GraphLlamaPreTrainedModel(LlamaPreTrainedModel):
@@ -184,20 +256,13 @@ class GraphLlamaModel(GraphLlamaPreTrainedModel, LlamaModel):
     of a 4D additive mask. Without ``position_ids``, positions are counted over real
     tokens (``cumsum(attention_mask) - 1``, as ``generate`` does), so left and right
     padding give the same logits.
+
+    ``__init__`` is ``LlamaModel.__init__`` building :class:`GraphLlamaDecoderLayer`
+    layers (see :func:`_llama_init`).
     """
 
     def __init__(self, config: GraphLlamaConfig):
-        LlamaPreTrainedModel.__init__(self, config)
-        self.padding_idx = config.pad_token_id
-        self.vocab_size = config.vocab_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.layers = nn.ModuleList(
-            [GraphLlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers)]
-        )
-        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = LlamaRotaryEmbedding(config=config)
-        self.gradient_checkpointing = False
-        self.post_init()
+        _model_init(self, config)
 
     @merge_with_config_defaults
     @capture_outputs
@@ -281,17 +346,7 @@ class GraphLlamaModel(GraphLlamaPreTrainedModel, LlamaModel):
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
 
-class _GraphLlamaGenerationConfig(GenerationConfig):
-    """Builds the generation config from the model config without the graph option
-    ``top_k`` (the adjacency's ``k``, not the sampling ``top_k``)."""
-
-    @classmethod
-    def from_model_config(cls, model_config) -> GenerationConfig:
-        config_dict = dict(model_config) if isinstance(model_config, dict) else (
-            model_config.to_dict()
-        )
-        config_dict.pop("top_k", None)
-        return GenerationConfig.from_model_config(config_dict)
+_model_init = _llama_init(LlamaModel, LlamaDecoderLayer=GraphLlamaDecoderLayer)
 
 
 class GraphLlamaForCausalLM(GraphLlamaPreTrainedModel, LlamaForCausalLM):
@@ -309,16 +364,16 @@ class GraphLlamaForCausalLM(GraphLlamaPreTrainedModel, LlamaForCausalLM):
                                   num_key_value_heads=2, attention_type="gin")
         model = GraphLlamaForCausalLM(config)
         model.graph_parameters()    # {"alpha": [L], "eps": [L, H]}
+
+    ``__init__`` is ``LlamaForCausalLM.__init__`` building a :class:`GraphLlamaModel`
+    (see :func:`_llama_init`).
     """
 
-    generation_config_class = _GraphLlamaGenerationConfig
-
     def __init__(self, config: GraphLlamaConfig):
-        LlamaPreTrainedModel.__init__(self, config)
-        self.model = GraphLlamaModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
+        _causal_lm_init(self, config)
+
+
+_causal_lm_init = _llama_init(LlamaForCausalLM, LlamaModel=GraphLlamaModel)
 
 
 __all__ = [
