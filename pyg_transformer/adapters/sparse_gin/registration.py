@@ -5,7 +5,10 @@ from __future__ import annotations
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import register_peft_method
 
-from pyg_transformer.adapters.sparse_gin.config import PARAMETER_COUNTERS, SparseGinConfig
+from pyg_transformer.adapters.sparse_gin.config import (
+    PARAMETER_COUNTERS,
+    SparseGinConfig,
+)
 from pyg_transformer.adapters.sparse_gin.model import (
     PREFIX,
     SparseGinModel,
