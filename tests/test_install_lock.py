@@ -10,7 +10,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pyg_transformer.data.gsm8k import GSM_PACKAGE, GSM_SERIES, check_gsm_version
+from pyg_transformer.compat import GSM_PACKAGE, GSM_SERIES, check_gsm_version
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -411,7 +411,8 @@ def test_unsupported_models_raise():
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=8,
     ))
-    with pytest.raises(ValueError, match="straight to the layer input"):
+    with pytest.raises(ValueError, match=r"model type 'gemma2' \(Gemma2ForCausalLM\): "
+                                         r"supported are .*llama.*straight to the layer input"):
         get_sparse_gin_model(gemma, SparseGinConfig())
     assert gemma.config._attn_implementation != "sparse_gin"
     with pytest.raises(TypeError, match="SparseGinConfig"):

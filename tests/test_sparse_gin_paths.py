@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from pyg_transformer.adapters import SparseGinPeftModel, get_sparse_gin_model
-from pyg_transformer.adapters.sparse_gin.compat import check_peft_version, sparse_gin_peft_type
+from pyg_transformer.compat import check_peft_version, sparse_gin_peft_type
 
 from test_sparse_gin import ARCHS, DECODER_KW, VOCAB, adapter_config, clone, make_model
 

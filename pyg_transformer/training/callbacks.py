@@ -9,11 +9,13 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from pyg_transformer.compat import COMPILED_MODULE_CHILD
+
 
 def find_graph_parameters(model) -> dict[str, torch.Tensor] | None:
     r"""``model.graph_parameters()`` of a model, an adapter-wrapped model or a DDP/compiled
-    wrapper (searched through ``module``, ``_orig_mod``, ``base_model``, ``model``), or
-    ``None`` when nothing exposes it."""
+    wrapper (searched through ``module``, torch.compile's original module, ``base_model``,
+    ``model``), or ``None`` when nothing exposes it."""
     seen: set[int] = set()
     stack = [model]
     while stack:
@@ -24,11 +26,11 @@ def find_graph_parameters(model) -> dict[str, torch.Tensor] | None:
         method = getattr(type(current), "graph_parameters", None)
         if callable(method):
             return current.graph_parameters()
-        for name in ("module", "_orig_mod", "base_model", "model"):
+        children = (dict(current.named_children())
+                    if isinstance(current, torch.nn.Module) else {})
+        for name in ("module", COMPILED_MODULE_CHILD, "base_model", "model"):
             child = current.__dict__.get(name)
-            if child is None and isinstance(current, torch.nn.Module):
-                child = current._modules.get(name)
-            stack.append(child)
+            stack.append(children.get(name) if child is None else child)
     return None
 
 

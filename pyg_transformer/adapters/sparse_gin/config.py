@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from peft import PeftConfig, TaskType
 
-from pyg_transformer.adapters.sparse_gin.compat import sparse_gin_peft_type
-
+from pyg_transformer.compat import sparse_gin_peft_type
 from pyg_transformer.options import (
     GNN_TYPES,
     HEAD_REDUCTIONS,
@@ -16,6 +16,12 @@ from pyg_transformer.options import (
     SPARSE_GIN_DEFAULTS,
 )
 
+#: the trainable-parameter counters :meth:`SparseGinConfig.match_lora` uses, ``"lora"``:
+#: ``(model, lora_config) -> int`` and ``"sparse_gin"``: ``(model, config) -> int``. They
+#: need the adapter modules, which import this module, so
+#: :func:`~pyg_transformer.adapters.sparse_gin.registration.register_sparse_gin` (run when
+#: the package is imported) sets them.
+PARAMETER_COUNTERS: dict[str, Callable] = {}
 
 
 def _is_number(value) -> bool:
@@ -159,11 +165,11 @@ class SparseGinConfig(PeftConfig):
             lora_config: a :class:`peft.LoraConfig`.
             **kwargs: the other :class:`SparseGinConfig` fields (``hidden_dim`` is chosen).
         """
-        from pyg_transformer.adapters.sparse_gin.model import (
-            count_lora_parameters,
-            count_sparse_gin_parameters,
-        )
-
+        if not PARAMETER_COUNTERS:
+            raise RuntimeError("SparseGinConfig.match_lora needs the parameter counters: "
+                               "import pyg_transformer.adapters first")
+        count_lora_parameters = PARAMETER_COUNTERS["lora"]
+        count_sparse_gin_parameters = PARAMETER_COUNTERS["sparse_gin"]
         kwargs.pop("hidden_dim", None)
         target = count_lora_parameters(model, lora_config)
         low, high = 1, 1

@@ -4,15 +4,12 @@ peft tuner (:class:`SparseGinModel`) and the ``PeftModel`` our API returns
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import json
 import os
 import re
 import shutil
 import tempfile
-import textwrap
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,6 +18,7 @@ from peft import PeftConfig, PeftModel, PeftModelForCausalLM
 from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from torch import Tensor, nn
 
+from pyg_transformer import compat
 from pyg_transformer.adapters.sparse_gin import capture
 from pyg_transformer.adapters.sparse_gin.config import SparseGinConfig
 from pyg_transformer.adapters.sparse_gin.layer import SparseGinLayer, refuse_merge
@@ -59,72 +57,48 @@ def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, str
     )
 
 
-def _check_residual_merge(layer: nn.Module, attn_name: str) -> str | None:
-    """Check (on the source of ``layer.forward``) that the decoder layer computes
-    ``residual + attention_output`` right after its attention block, with ``residual``
-    the layer input; the hook-based merge is exact only then.
+#: the model types Sparse-GIN supports -> the submodule of their decoder layer that first
+#: reads the layer input (its forward pre-hook sees the residual, also inside activation
+#: checkpointing). Each of these decoder layers adds its attention block's output straight
+#: to the layer input (``residual + attn_out``), which makes the hook-based merge exact.
+RESIDUAL_READERS: dict[str, str] = {
+    "gemma": "input_layernorm",
+    "gpt2": "ln_1",
+    "llama": "input_layernorm",
+    "mistral": "input_layernorm",
+    "mixtral": "input_layernorm",
+    "olmo": "input_layernorm",
+    "qwen2": "input_layernorm",
+    "qwen2_moe": "input_layernorm",
+    "qwen3": "input_layernorm",
+    "starcoder2": "input_layernorm",
+}
 
-    Returns:
-        the name of the submodule (the input norm) that first reads the layer input, whose
-        forward pre-hook sees the residual inside activation checkpointing, or ``None``.
+
+def residual_reader(model: nn.Module, layer: nn.Module) -> str:
+    """The name of the submodule of decoder ``layer`` of ``model`` that first reads the
+    layer input (see :data:`RESIDUAL_READERS`).
+
+    Raises:
+        ValueError: naming the model type and the supported ones, for a model type that
+            is not in :data:`RESIDUAL_READERS` or whose layer lacks that submodule.
     """
-    cls = type(layer).__name__
-    error = ValueError(
-        f"Sparse-GIN does not support {cls}: its forward must add the output of "
-        f"`self.{attn_name}(...)` straight to the layer input (`residual + attn_out`), as "
-        "Llama, Qwen2, Mistral and GPT-2 decoder layers do"
-    )
-    try:
-        source = textwrap.dedent(inspect.getsource(inspect.unwrap(type(layer).forward)))
-        func = ast.parse(source).body[0]
-    except (OSError, TypeError, SyntaxError, IndexError):
-        raise error from None
-    if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)) or len(func.args.args) < 2:
-        raise error
-    x_in = func.args.args[1].arg
-    residual = out = first_reader = None
-    body = list(func.body)
-    for i, stmt in enumerate(body):
-        if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
-            continue
-        target, value = stmt.targets[0], stmt.value
-        if (out is None and isinstance(value, ast.Name) and value.id == x_in
-                and isinstance(target, ast.Name)):
-            residual = target.id
-        elif (out is None and first_reader is None and isinstance(value, ast.Call)
-              and isinstance(value.func, ast.Attribute)
-              and isinstance(value.func.value, ast.Name) and value.func.value.id == "self"
-              and value.func.attr != attn_name and len(value.args) == 1
-              and isinstance(value.args[0], ast.Name) and value.args[0].id == x_in):
-            first_reader = value.func.attr
-        elif (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
-              and isinstance(value.func.value, ast.Name) and value.func.value.id == "self"
-              and value.func.attr == attn_name):
-            first = target.elts[0] if isinstance(target, ast.Tuple) else target
-            if not isinstance(first, ast.Name) or residual is None:
-                raise error
-            out = first.id
-            for nxt in body[i + 1:]:
-                if not any(isinstance(n, ast.Name) and n.id == out for n in ast.walk(nxt)):
-                    continue
-                val = getattr(nxt, "value", None)
-                if (isinstance(nxt, ast.Assign) and isinstance(val, ast.BinOp)
-                        and isinstance(val.op, ast.Add)
-                        and {getattr(val.left, "id", None), getattr(val.right, "id", None)}
-                        == {out, residual}):
-                    reader = getattr(layer, first_reader, None) if first_reader else None
-                    return first_reader if isinstance(reader, nn.Module) else None
-                raise error
-    raise error
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    reader = RESIDUAL_READERS.get(model_type)
+    if reader is None or not isinstance(getattr(layer, reader, None), nn.Module):
+        raise ValueError(
+            f"Sparse-GIN does not support model type {model_type!r} "
+            f"({type(model).__name__}): supported are {', '.join(sorted(RESIDUAL_READERS))}, "
+            "whose decoder layers add the attention output straight to the layer input "
+            "(`residual + attn_out`)")
+    return reader
 
 
-def _check_attention_interface(model: nn.Module, attention: nn.Module) -> None:
-    try:
-        source = inspect.getsource(type(attention).forward)
-    except (OSError, TypeError):
-        source = ""
-    can_set = getattr(model, "_can_set_attn_implementation", None)
-    if "ALL_ATTENTION_FUNCTIONS" not in source or (can_set is not None and not can_set()):
+def check_attention_interface(model: nn.Module, attention: nn.Module) -> None:
+    """Raise ``ValueError`` unless ``model``'s attention runs through transformers'
+    :class:`~transformers.AttentionInterface` (so the Sparse-GIN attention function sees
+    its queries and keys)."""
+    if not compat.supports_attention_interface(model):
         raise ValueError(
             f"Sparse-GIN does not support {type(model).__name__}: its attention "
             f"({type(attention).__name__}) does not go through transformers' AttentionInterface"
@@ -200,7 +174,7 @@ class SparseGinModel(BaseTuner):
             raise TypeError(f"config must be a SparseGinConfig, got {type(config).__name__}")
         config.validate()
         existing = adapted_layers(model)
-        if existing and not getattr(model, "_hf_peft_config_loaded", False):
+        if existing and not compat.loaded_by_transformers(model):
             names = sorted({a for layer in existing.values() for a in layer.sparse_gin_gnn})
             raise ValueError(
                 f"this model already carries Sparse-GIN adapters {names}; add "
@@ -230,8 +204,8 @@ class SparseGinModel(BaseTuner):
         config: SparseGinConfig = self.peft_config[adapter_name]
         config.validate()
         _, layers, attn_name = find_decoder_layers(model)
-        _check_attention_interface(model, getattr(layers[0], attn_name))
-        self._residual_reader = _check_residual_merge(layers[0], attn_name)
+        check_attention_interface(model, getattr(layers[0], attn_name))
+        self._residual_reader = residual_reader(model, layers[0])
         self._attn_name = attn_name
         num_layers = len(layers)
         targets = config.target_layers if config.target_layers is not None else range(num_layers)
@@ -243,10 +217,10 @@ class SparseGinModel(BaseTuner):
         self._targets = {names[id(layers[i])]: i for i in targets}
         self._num_layers = num_layers
         if "_previous_attn" not in self.__dict__:  # the first adapter: how to restore the base
-            self._previous_attn = model.config._attn_implementation
+            self._previous_attn = compat.attn_implementation(model.config)
             self._requires_grad_before = {n: p.requires_grad for n, p in model.named_parameters()}
-        implementation = capture.attention_name(model.config._attn_implementation)
-        if model.config._attn_implementation != implementation:
+        implementation = capture.attention_name(compat.attn_implementation(model.config))
+        if compat.attn_implementation(model.config) != implementation:
             model.set_attn_implementation(implementation)
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
                                low_cpu_mem_usage=low_cpu_mem_usage)
@@ -328,7 +302,7 @@ class SparseGinModel(BaseTuner):
             layer.detach_hooks()
             delattr(self.model.get_submodule(name.rpartition(".")[0]), LAYER_NAME)
         previous = self.__dict__.get("_previous_attn") or capture.previous_implementation(
-            self.model.config._attn_implementation)
+            compat.attn_implementation(self.model.config))
         self.model.set_attn_implementation(previous)
         for name, param in self.model.named_parameters():
             param.requires_grad_(self.__dict__.get("_requires_grad_before", {}).get(

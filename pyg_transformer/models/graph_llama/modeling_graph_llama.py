@@ -29,12 +29,11 @@ from transformers.models.llama.modeling_llama import (
     LlamaModel,
     LlamaPreTrainedModel,
 )
-from transformers.utils.generic import merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
 
 from pyg_transformer.attention import GINAttention, PNAAttention
 from pyg_transformer.attention.base import GraphAttentionBase
 from pyg_transformer.attention.headwise import HeadwiseLinear, HeadwiseRMSNorm
+from pyg_transformer.compat import capture_outputs, merge_with_config_defaults
 from pyg_transformer.graph import AttentionGraph
 from pyg_transformer.models.graph_llama.configuration_graph_llama import GraphLlamaConfig
 
