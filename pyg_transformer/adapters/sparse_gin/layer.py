@@ -13,6 +13,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
 from torch_geometric.nn import PNAConv
 
+from pyg_transformer.compat import attn_implementation
 from pyg_transformer.graph import AttentionGraph, DecodeRow, decode_row_graph, qk_to_graph
 from pyg_transformer.nn import WeightedGINConv, causal_degree_histogram
 
@@ -523,7 +524,8 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
         if not running:
             return None
         if graphs is None or residual is None:
-            implementation = getattr(getattr(module, "config", None), "_attn_implementation", None)
+            config = getattr(module, "config", None)
+            implementation = None if config is None else attn_implementation(config)
             raise RuntimeError(
                 f"Sparse-GIN layer {self.layer_idx}: the attention did not run through the "
                 f"Sparse-GIN attention function (the model's attention implementation is "

@@ -5,15 +5,13 @@ MLP, decoder layer, LM head, generation). ``attention_type="standard"`` keeps
 :class:`~transformers.models.llama.modeling_llama.LlamaAttention`.
 
 The three ``__init__`` methods run transformers' own ``LlamaDecoderLayer.__init__``,
-``LlamaModel.__init__`` and ``LlamaForCausalLM.__init__`` (see :func:`_llama_init`): the
+``LlamaModel.__init__`` and ``LlamaForCausalLM.__init__`` (see :func:`~pyg_transformer.compat.reuse_init`): the
 bodies are reused, not copied, and no Llama module is built only to be replaced.
 """
 
 from __future__ import annotations
 
 import math
-import types
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -33,69 +31,11 @@ from transformers.models.llama.modeling_llama import (
 from pyg_transformer.attention import GINAttention, PNAAttention
 from pyg_transformer.attention.base import GraphAttentionBase
 from pyg_transformer.attention.headwise import HeadwiseLinear, HeadwiseRMSNorm
-from pyg_transformer.compat import capture_outputs, merge_with_config_defaults
+from pyg_transformer.compat import capture_outputs, merge_with_config_defaults, reuse_init
 from pyg_transformer.graph import AttentionGraph
 from pyg_transformer.models.graph_llama.configuration_graph_llama import GraphLlamaConfig
 
 GRAPH_ATTENTION_CLASSES = {"gin": GINAttention, "pna": PNAAttention}
-
-
-class _LlamaNamespace(dict):
-    """The globals of ``modeling_llama`` with a few names bound to other objects.
-
-    Only the overrides are stored; every other name is looked up in the live module
-    (``__missing__``), so e.g. transformers' ``monkey_patching.apply_patches`` still
-    reaches the reused ``__init__`` bodies.
-    """
-
-    def __init__(self, module_globals: dict, overrides: dict[str, object]):
-        super().__init__(overrides, __builtins__=module_globals["__builtins__"])
-        self.module_globals = module_globals
-
-    def __missing__(self, name: str):
-        return self.module_globals[name]
-
-
-def _global_names(code: types.CodeType) -> set[str]:
-    """Names a code object (and the comprehensions inside it) may load as globals."""
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
-
-
-def _llama_init(parent: type[nn.Module], **overrides: Callable) -> Callable:
-    r"""``parent.__init__`` with the Llama classes it instantiates replaced by ours.
-
-    ``LlamaDecoderLayer.__init__`` builds ``LlamaAttention(...)``, ``LlamaModel.__init__``
-    ``LlamaDecoderLayer(...)`` and ``LlamaForCausalLM.__init__`` ``LlamaModel(...)``, each
-    looked up in ``modeling_llama``'s globals and with no hook to choose another class.
-    Calling ``super().__init__`` and replacing the result afterwards would build a
-    throw-away module (on the meta device too, only cheaper). Instead the returned
-    function is the parent's own code object and closure (so its ``super()`` resolves
-    as in the parent) run against :class:`_LlamaNamespace`, where each name in
-    ``overrides`` (e.g. ``LlamaAttention=...``) means our factory. transformers itself is
-    not modified, so plain Llama models are unaffected, in any thread.
-
-    Raises:
-        ImportError: ``parent.__init__`` no longer names one of ``overrides`` (a
-            transformers change this reuse must follow).
-    """
-    init = parent.__init__
-    unknown = sorted(set(overrides) - _global_names(init.__code__))
-    if unknown:
-        raise ImportError(
-            f"transformers' {parent.__name__}.__init__ no longer instantiates {unknown}; "
-            "pyg_transformer's GraphLlama models must be updated to this transformers version"
-        )
-    function = types.FunctionType(
-        init.__code__, _LlamaNamespace(init.__globals__, overrides), init.__name__,
-        init.__defaults__, init.__closure__,
-    )
-    function.__kwdefaults__ = init.__kwdefaults__
-    function.__qualname__ = init.__qualname__
-    return function
 
 
 def _self_attention(config: GraphLlamaConfig, layer_idx: int) -> nn.Module:
@@ -104,7 +44,7 @@ def _self_attention(config: GraphLlamaConfig, layer_idx: int) -> nn.Module:
     return attention(config=config, layer_idx=layer_idx)
 
 
-_decoder_layer_init = _llama_init(LlamaDecoderLayer, LlamaAttention=_self_attention)
+_decoder_layer_init = reuse_init(LlamaDecoderLayer, LlamaAttention=_self_attention)
 
 
 class GraphLlamaDecoderLayer(LlamaDecoderLayer):
@@ -114,7 +54,7 @@ class GraphLlamaDecoderLayer(LlamaDecoderLayer):
     ``attention_type="standard"``).
 
     ``__init__`` is ``LlamaDecoderLayer.__init__`` building that attention in place of
-    ``LlamaAttention`` (see :func:`_llama_init`)."""
+    ``LlamaAttention`` (see :func:`~pyg_transformer.compat.reuse_init`)."""
 
     def __init__(self, config: GraphLlamaConfig, layer_idx: int):
         _decoder_layer_init(self, config, layer_idx)
@@ -257,7 +197,7 @@ class GraphLlamaModel(GraphLlamaPreTrainedModel, LlamaModel):
     padding give the same logits.
 
     ``__init__`` is ``LlamaModel.__init__`` building :class:`GraphLlamaDecoderLayer`
-    layers (see :func:`_llama_init`).
+    layers (see :func:`~pyg_transformer.compat.reuse_init`).
     """
 
     def __init__(self, config: GraphLlamaConfig):
@@ -345,7 +285,7 @@ class GraphLlamaModel(GraphLlamaPreTrainedModel, LlamaModel):
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
 
-_model_init = _llama_init(LlamaModel, LlamaDecoderLayer=GraphLlamaDecoderLayer)
+_model_init = reuse_init(LlamaModel, LlamaDecoderLayer=GraphLlamaDecoderLayer)
 
 
 class GraphLlamaForCausalLM(GraphLlamaPreTrainedModel, LlamaForCausalLM):
@@ -365,14 +305,14 @@ class GraphLlamaForCausalLM(GraphLlamaPreTrainedModel, LlamaForCausalLM):
         model.graph_parameters()    # {"alpha": [L], "eps": [L, H]}
 
     ``__init__`` is ``LlamaForCausalLM.__init__`` building a :class:`GraphLlamaModel`
-    (see :func:`_llama_init`).
+    (see :func:`~pyg_transformer.compat.reuse_init`).
     """
 
     def __init__(self, config: GraphLlamaConfig):
         _causal_lm_init(self, config)
 
 
-_causal_lm_init = _llama_init(LlamaForCausalLM, LlamaModel=GraphLlamaModel)
+_causal_lm_init = reuse_init(LlamaForCausalLM, LlamaModel=GraphLlamaModel)
 
 
 __all__ = [
