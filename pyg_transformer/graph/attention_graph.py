@@ -152,6 +152,15 @@ class DecodeRow:
     def __init__(self, weight: Tensor):
         self.weight = weight
 
+    @classmethod
+    def from_coo(cls, edge_index: Tensor, edge_weight: Tensor, batch_size: int,
+                 seq_len: int) -> DecodeRow:
+        """The dense row of COO edges whose targets are the last position of each
+        sequence (flat ids ``b * seq_len + t``; duplicate edges summed)."""
+        weight = edge_weight.new_zeros(batch_size * seq_len).index_put_(
+            (edge_index[0],), edge_weight, accumulate=True)
+        return cls(weight.view(batch_size, seq_len))
+
     @property
     def seq_len(self) -> int:
         return self.weight.size(1)

@@ -141,9 +141,7 @@ class SparseGinGNN(nn.Module):
         P = 0 if past is None else past[0].size(1)
         Tk = P + Tq
         if P > 0 and Tq == 1 and self.gnn_type == "gin":
-            rows = edge_weight.new_zeros(B * Tk).index_put_(
-                (edge_index[0],), edge_weight, accumulate=True
-            ).view(B, 1, Tk)
+            rows = DecodeRow.from_coo(edge_index, edge_weight, B, Tk).weight.view(B, 1, Tk)
             features = [torch.cat([p.to(x.dtype), p.new_empty(B, 1, p.size(2))], dim=1)
                         for p in past]
             return self._decode_step(x, rows, features), features
@@ -572,11 +570,9 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
         if isinstance(graph, DecodeRow) and (gnn.gnn_type != "gin" or not num_past):
             graph = graph.to_graph()
         if num_past and Tq == 1 and gnn.gnn_type == "gin":
-            if isinstance(graph, DecodeRow):
-                rows = graph.weight.view(B, 1, -1)
-            else:
-                rows = graph.edge_weight.new_zeros(B * Tk).index_put_(
-                    (graph.edge_index[0],), graph.edge_weight, accumulate=True).view(B, 1, -1)
+            if not isinstance(graph, DecodeRow):
+                graph = DecodeRow.from_coo(graph.edge_index, graph.edge_weight, B, Tk)
+            rows = graph.weight.view(B, 1, -1)
             features = store.decode_slots(first, first + num_past, B, self.layer_idx)
             out = gnn._decode_step(xin, rows, features)
         else:

@@ -22,6 +22,7 @@ from pyg_transformer import compat
 from pyg_transformer.adapters.sparse_gin import capture
 from pyg_transformer.adapters.sparse_gin.config import SparseGinConfig
 from pyg_transformer.adapters.sparse_gin.layer import SparseGinLayer, refuse_merge
+from pyg_transformer.graph import AttentionGraph
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -513,9 +514,8 @@ def _dense_external(external, args, kwargs) -> Tensor:
                 f"external_adjacency edge_index must hold flat ids b * T + t < {B * T} "
                 "within one sequence per edge"
             )
-        dense = edge_weight.new_zeros(B * T * T).index_put(
-            ((dst // T) * T * T + (dst % T) * T + src % T,), edge_weight, accumulate=True
-        ).view(B, T, T)
+        dense = AttentionGraph.from_coo(edge_index, edge_weight, batch_size=B,
+                                        seq_len=T).to_dense()
     else:
         raise ValueError(
             "external_adjacency must be a [B, T, T] tensor or an (edge_index, edge_weight) "
