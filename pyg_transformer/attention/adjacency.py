@@ -127,6 +127,9 @@ def adjacency_block(
         if act == "softmax":
             keep = valid.expand_as(probs)
             values = probs
+            if bool(valid.any(-1).all()):
+                # every row has a valid key: masked entries are exp(min - max) == 0 exactly
+                return _add_external(values, keep, valid, external)
         elif act == "relu_threshold":
             shifted = probs - spec.tau
             keep = valid & (shifted > 0)
@@ -149,6 +152,11 @@ def adjacency_block(
         values = F.softplus(scores - spec.tau, beta=spec.beta)
         keep = valid.expand_as(values)
     values = values.masked_fill(~keep, 0.0)
+    return _add_external(values, keep, valid, external)
+
+
+def _add_external(values: Tensor, keep: Tensor, valid: Tensor,
+                  external: Tensor | None) -> tuple[Tensor, Tensor]:
     if external is not None:
         # edges = non-zero entries on causal, non-padding pairs (gradients reach only those)
         external = external.to(values.dtype).masked_fill(~valid | (external == 0), 0.0)
@@ -165,10 +173,11 @@ def chunk_rows(batch: int, heads: int, num_keys: int, extra: int = 1) -> int:
 
 def _scores(query: Tensor, key: Tensor) -> Tensor:
     """``[B, H, rows, Tk]`` scores with grouped-query keys ``[B, Hkv, Tk, d]``."""
-    b, h, rows, d = query.shape
-    hkv = key.size(1)
-    grouped = query.reshape(b, hkv, h // hkv, rows, d)
-    return torch.matmul(grouped, key.unsqueeze(2).transpose(-1, -2)).reshape(b, h, rows, -1)
+    b, h, rows, _ = query.shape
+    # [B, Hkv, (H / Hkv) * rows, d] @ [B, Hkv, d, Tk]: no broadcast copy of the keys
+    return torch.matmul(_grouped(query, key.size(1)), key.transpose(-1, -2)).view(
+        b, h, rows, -1
+    )
 
 
 def map_score_chunks(
