@@ -39,9 +39,11 @@ __all__ = [
     "chunk_rows",
     "head_graphs",
     "map_query_chunks",
+    "map_score_chunks",
     "padding_safe_mask",
     "scaled_softmax_aggregate",
     "score_scale",
+    "sparse_head_edges",
 ]
 
 #: activations whose adjacency has exact zeros (a sparse graph): ``graph_backend="auto"``
@@ -125,6 +127,9 @@ def adjacency_block(
         if act == "softmax":
             keep = valid.expand_as(probs)
             values = probs
+            if bool(valid.any(-1).all()):
+                # every row has a valid key: masked entries are exp(min - max) == 0 exactly
+                return _add_external(values, keep, valid, external)
         elif act == "relu_threshold":
             shifted = probs - spec.tau
             keep = valid & (shifted > 0)
@@ -132,7 +137,9 @@ def adjacency_block(
         else:
             k_row = _row_k(spec, valid)
             k_max = min(int(k_row.max()), scores.size(-1))
-            top = probs.masked_fill(~valid, -1.0).topk(k_max, dim=-1).indices
+            # softmax is monotone within a row: the k largest scores are the k largest
+            # probabilities (the sparse path selects the same way)
+            top = scores.masked_fill(~valid, -math.inf).topk(k_max, dim=-1).indices
             ranks = torch.arange(k_max, device=scores.device)
             chosen = (ranks < k_row).expand_as(top)
             keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, top, chosen)
@@ -145,6 +152,11 @@ def adjacency_block(
         values = F.softplus(scores - spec.tau, beta=spec.beta)
         keep = valid.expand_as(values)
     values = values.masked_fill(~keep, 0.0)
+    return _add_external(values, keep, valid, external)
+
+
+def _add_external(values: Tensor, keep: Tensor, valid: Tensor,
+                  external: Tensor | None) -> tuple[Tensor, Tensor]:
     if external is not None:
         # edges = non-zero entries on causal, non-padding pairs (gradients reach only those)
         external = external.to(values.dtype).masked_fill(~valid | (external == 0), 0.0)
@@ -161,10 +173,48 @@ def chunk_rows(batch: int, heads: int, num_keys: int, extra: int = 1) -> int:
 
 def _scores(query: Tensor, key: Tensor) -> Tensor:
     """``[B, H, rows, Tk]`` scores with grouped-query keys ``[B, Hkv, Tk, d]``."""
-    b, h, rows, d = query.shape
-    hkv = key.size(1)
-    grouped = query.reshape(b, hkv, h // hkv, rows, d)
-    return torch.matmul(grouped, key.unsqueeze(2).transpose(-1, -2)).reshape(b, h, rows, -1)
+    b, h, rows, _ = query.shape
+    # [B, Hkv, (H / Hkv) * rows, d] @ [B, Hkv, d, Tk]: no broadcast copy of the keys
+    return torch.matmul(_grouped(query, key.size(1)), key.transpose(-1, -2)).view(
+        b, h, rows, -1
+    )
+
+
+def map_score_chunks(
+    fn: Callable[[Tensor, Tensor, int], object],
+    query: Tensor,
+    key: Tensor,
+    *,
+    attention_mask: Tensor | None,
+    query_offset: int,
+    chunk: int,
+    causal_keys: bool = False,
+) -> list:
+    r"""Apply ``fn(scores, valid, start)`` to the raw scores of each block of ``chunk``
+    query rows: **the** place where GIN-/PNA-Attention compute scores in query chunks.
+
+    ``scores`` is ``[B, H, rows, Tk']`` (``query`` already carries the score scale),
+    ``valid`` the ``[B, 1, rows, Tk']`` causal non-padding pairs and ``start`` the first
+    row of the block. With ``causal_keys`` only the keys a block can see are scored
+    (``Tk' = query_offset + start + rows``); otherwise ``Tk' = Tk``. No checkpointing
+    (see :func:`map_query_chunks`).
+    """
+    batch, _, num_queries, _ = query.shape
+    num_keys = key.size(2)
+    out = []
+    for start in range(0, num_queries, chunk):
+        q_chunk = query[:, :, start : start + chunk]
+        rows = q_chunk.size(2)
+        width = min(num_keys, query_offset + start + rows) if causal_keys else num_keys
+        positions = torch.arange(
+            query_offset + start, query_offset + start + rows, device=query.device
+        )
+        valid = causal_valid_mask(batch, positions, width, None)
+        if attention_mask is not None:  # keys: the first `width`; queries: their positions
+            valid = valid & attention_mask[:, None, :width] \
+                & attention_mask[:, positions][:, :, None]
+        out.append(fn(_scores(q_chunk, key[:, :, :width]), valid[:, None], start))
+    return out
 
 
 def map_query_chunks(
@@ -178,7 +228,8 @@ def map_query_chunks(
     chunk: int,
     external: Tensor | None = None,
 ) -> list:
-    r"""Apply ``fn(values, keep)`` to the adjacency of each block of ``chunk`` query rows.
+    r"""Apply ``fn(values, keep, start)`` to the adjacency of each block of ``chunk`` query
+    rows (scores from :func:`map_score_chunks`).
 
     ``query`` ``[B, H, Tq, d]`` must already carry the score scale
     (:math:`\alpha / \sqrt{d}`); ``external`` is an optional ``[B, Tq, Tk]`` external
@@ -186,24 +237,26 @@ def map_query_chunks(
     so only ``fn``'s outputs (not the ``[B, H, chunk, Tk]`` scores) are kept for the
     backward pass.
     """
-    batch, _, num_queries, _ = query.shape
-    num_keys = key.size(2)
-    out = []
+    num_queries = query.size(2)
 
     def block(q_chunk: Tensor, key: Tensor, start: int):
-        positions = torch.arange(
-            query_offset + start, query_offset + start + q_chunk.size(2), device=query.device
-        )
-        valid = causal_valid_mask(batch, positions, num_keys, attention_mask)[:, None]
-        ext = None if external is None else external[:, None, start : start + q_chunk.size(2)]
-        values, keep = adjacency_block(_scores(q_chunk, key), valid, spec, ext)
-        return fn(values, keep, start)
+        def activate(scores: Tensor, valid: Tensor, _: int):
+            rows = scores.size(2)
+            ext = None if external is None else external[:, None, start : start + rows]
+            values, keep = adjacency_block(scores, valid, spec, ext)
+            return fn(values, keep, start)
+
+        return map_score_chunks(
+            activate, q_chunk, key, attention_mask=attention_mask,
+            query_offset=query_offset + start, chunk=q_chunk.size(2),
+        )[0]
 
     needs_grad = torch.is_grad_enabled() and (
         query.requires_grad or key.requires_grad
         or (isinstance(spec.tau, Tensor) and spec.tau.requires_grad)
         or (external is not None and external.requires_grad)
     )
+    out = []
     for start in range(0, num_queries, chunk):
         q_chunk = query[:, :, start : start + chunk]
         if needs_grad and num_queries > chunk:
@@ -211,6 +264,155 @@ def map_query_chunks(
         else:
             out.append(block(q_chunk, key, start))
     return out
+
+
+def _grouped(x: Tensor, heads_kv: int) -> Tensor:
+    """``[B, H, rows, n]`` -> ``[B, Hkv, (H / Hkv) * rows, n]`` (heads of one group stacked)."""
+    b, h, rows, n = x.shape
+    return x.reshape(b, heads_kv, (h // heads_kv) * rows, n)
+
+
+class _SparseSoftmaxEdges(torch.autograd.Function):
+    r"""Edges and weights of a sparse softmax adjacency (``top_k``, ``relu_threshold``)
+    without keeping or re-selecting any ``[B, H, chunk, Tk]`` block for the backward.
+
+    Forward, per query chunk (:func:`map_score_chunks`, causal keys only): the row
+    log-sum-exp :math:`\ell_i`, then the kept pairs (``top_k``: ``topk`` of the masked
+    scores, ``relu_threshold``: :math:`p_{ij} > \tau`) and their probabilities
+    :math:`p_e`. Saved: ``query``, ``key``, :math:`\ell` ``[B, H, Tq]`` and the ``O(E)``
+    edge lists. Backward, per chunk: with :math:`g_e` the gradient of the edge weight
+    and :math:`c_i = \sum_{e \in i} g_e p_e`,
+    :math:`\partial S_{im} = [m \text{ kept}]\, g_m p_m - p_{im} c_i` (``p`` recomputed
+    from the scores and :math:`\ell`), then ``dS K`` and ``dS^T Q``; for
+    ``relu_threshold`` :math:`\partial \tau = -\sum_e g_e`.
+
+    Returns ``(edge_weight [E], edge_index [2, E])``, edges sorted by target, then source.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, tau, spec, attention_mask, query_offset, chunk):
+        heads = query.size(1)
+        num_keys = key.size(2)
+        tau_value = tau if tau is not None else spec.tau
+        parts = []
+
+        def select(scores: Tensor, valid: Tensor, start: int):
+            masked = scores.masked_fill(~valid, -math.inf)
+            lse = torch.logsumexp(masked, -1)
+            if spec.activation == "top_k":
+                k_row = _row_k(spec, valid)
+                k_max = min(int(k_row.max()), scores.size(-1))
+                # a fixed k keeps the whole top set: no ranks, no sorted topk needed
+                fixed = isinstance(spec.top_k, int)
+                top, index = masked.topk(k_max, dim=-1, sorted=not fixed)
+                keep = top > -math.inf
+                if not fixed:
+                    keep = keep & (torch.arange(k_max, device=scores.device) < k_row)
+                index, order = index.sort(-1)  # edges of a row by source
+                top, keep = top.gather(-1, order), keep.gather(-1, order)
+                b, h, i, r = keep.nonzero(as_tuple=True)
+                j = index[b, h, i, r]
+                prob = torch.exp(top[b, h, i, r] - lse[b, h, i])
+                weight = prob
+            else:  # relu_threshold: the same probabilities as adjacency_block
+                probs = torch.softmax(
+                    scores.masked_fill(~valid, torch.finfo(scores.dtype).min), -1
+                )
+                keep = valid & (probs > tau_value)
+                b, h, i, j = keep.nonzero(as_tuple=True)
+                prob = probs[b, h, i, j]
+                weight = prob - tau_value
+            # empty rows: +inf, so the recomputed probabilities are 0
+            lse = lse.masked_fill(lse == -math.inf, math.inf)
+            parts.append((b, h, i + start, j, prob, weight, lse))
+
+        map_score_chunks(
+            select, query, key, attention_mask=attention_mask, query_offset=query_offset,
+            chunk=chunk, causal_keys=True,
+        )
+        b, h, i, j, prob, weight = (torch.cat([p[k] for p in parts]) for k in range(6))
+        lse = torch.cat([p[6] for p in parts], dim=2)
+        graph = b * heads + h
+        source = graph * num_keys + j
+        target = graph * num_keys + query_offset + i
+        order = None
+        if len(parts) > 1:  # chunk-major -> sorted by target (then source, stable)
+            order = torch.argsort(target, stable=True)
+            source, target, weight = source[order], target[order], weight[order]
+        edge_index = torch.stack([source, target])
+        ctx.mark_non_differentiable(edge_index)
+        ctx.save_for_backward(query, key, lse, b, h, i, j, prob)
+        ctx.order = order
+        ctx.spec, ctx.mask, ctx.offset, ctx.chunk = spec, attention_mask, query_offset, chunk
+        ctx.tau_is_tensor = tau is not None
+        return weight, edge_index
+
+    @staticmethod
+    def backward(ctx, grad_weight, _):
+        query, key, lse, b, h, i, j, prob = ctx.saved_tensors
+        batch, heads, num_queries, _ = query.shape
+        heads_kv = key.size(1)
+        if ctx.order is not None:  # back to the chunk-major order of the saved edges
+            grad = torch.empty_like(grad_weight)
+            grad[ctx.order] = grad_weight
+        else:
+            grad = grad_weight
+        gp = grad * prob
+        row = (b * heads + h) * num_queries + i
+        c = query.new_zeros(batch * heads * num_queries).index_add_(0, row, gp)
+        c = c.view(batch, heads, num_queries, 1)
+        grad_query = torch.zeros_like(query)
+        grad_key = torch.zeros_like(key)
+        chunk_of_edge = i // ctx.chunk
+
+        def grad_block(scores: Tensor, valid: Tensor, start: int):
+            rows, width = scores.size(2), scores.size(3)
+            stop = start + rows
+            ds = scores.masked_fill_(~valid, -math.inf).sub_(lse[:, :, start:stop, None])
+            ds = ds.exp_().mul_(-c[:, :, start:stop])
+            sel = (chunk_of_edge == start // ctx.chunk).nonzero().squeeze(1)
+            flat = ((b[sel] * heads + h[sel]) * rows + i[sel] - start) * width + j[sel]
+            ds.view(-1).index_add_(0, flat, gp[sel])
+            q_chunk = query[:, :, start:stop]
+            grad_query[:, :, start:stop] = torch.matmul(
+                ds.reshape(batch, heads_kv, heads // heads_kv, rows, width),
+                key[:, :, :width].unsqueeze(2),
+            ).reshape(batch, heads, rows, -1)
+            grad_key[:, :, :width] += torch.matmul(
+                _grouped(ds, heads_kv).transpose(-1, -2), _grouped(q_chunk, heads_kv)
+            )
+
+        with torch.no_grad():
+            map_score_chunks(
+                grad_block, query, key, attention_mask=ctx.mask, query_offset=ctx.offset,
+                chunk=ctx.chunk, causal_keys=True,
+            )
+        grad_tau = -grad_weight.sum() if ctx.tau_is_tensor and ctx.needs_input_grad[2] \
+            else None
+        return grad_query, grad_key, grad_tau, None, None, None, None
+
+
+def sparse_head_edges(
+    query: Tensor,
+    key: Tensor,
+    spec: AdjacencySpec,
+    *,
+    attention_mask: Tensor | None = None,
+    query_offset: int = 0,
+    chunk: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""``(edge_index [2, E], edge_weight [E])`` of a sparse adjacency (``top_k`` or
+    ``relu_threshold``, no external adjacency), node ids as in :func:`head_graphs`, edges
+    sorted by target, then source; differentiable w.r.t. ``query``, ``key`` and
+    ``spec.tau`` (see :class:`_SparseSoftmaxEdges`: memory ``O(B H T d + E)``)."""
+    if not spec.is_sparse:
+        raise ValueError(f"sparse_head_edges needs a sparse activation, got {spec!r}")
+    chunk = chunk or chunk_rows(query.size(0), query.size(1), key.size(2))
+    tau = spec.tau if isinstance(spec.tau, Tensor) and spec.activation != "top_k" else None
+    weight, edge_index = _SparseSoftmaxEdges.apply(
+        query, key, tau, spec, attention_mask, query_offset, chunk
+    )
+    return edge_index, weight
 
 
 def head_graphs(
@@ -228,7 +430,9 @@ def head_graphs(
     Node ``(b * H + h) * Tk + t`` is token ``t`` of sequence ``b`` seen by head ``h``;
     an edge ``j -> i`` (``edge_index[0] = j <= i = edge_index[1]`` inside one graph) has
     weight :math:`A'_{h,ij}`, differentiable w.r.t. ``query``, ``key`` and ``spec.tau``.
-    Only kept pairs become edges (for ``top_k``/``relu_threshold`` a sparse graph).
+    Only kept pairs become edges (for ``top_k``/``relu_threshold`` a sparse graph, built
+    by :func:`sparse_head_edges` when there is no external adjacency). Edges are sorted
+    by target, then source (a CSR order over targets).
 
     Args:
         query: ``[B, H, Tq, d]`` scaled post-RoPE queries (:math:`\alpha / \sqrt{d}`
@@ -247,6 +451,14 @@ def head_graphs(
     num_keys = key.size(2)
     chunk = chunk or chunk_rows(batch, heads, num_keys)
 
+    if spec.is_sparse and external is None:
+        edge_index, edge_weight = sparse_head_edges(
+            query, key, spec, attention_mask=attention_mask, query_offset=query_offset,
+            chunk=chunk,
+        )
+        return _attention_graph(edge_index, edge_weight, batch * heads, num_keys,
+                                query_offset)
+
     def edges(values: Tensor, keep: Tensor, start: int):
         b, h, i, j = keep.nonzero(as_tuple=True)
         graph = b * heads + h
@@ -260,11 +472,18 @@ def head_graphs(
     )
     edge_index = torch.cat([p[0] for p in parts], dim=1)
     edge_weight = torch.cat([p[1] for p in parts])
-    num_graphs = batch * heads
+    if len(parts) > 1:  # chunk-major -> sorted by target (then source)
+        order = torch.argsort(edge_index[1], stable=True)
+        edge_index, edge_weight = edge_index[:, order], edge_weight[order]
+    return _attention_graph(edge_index, edge_weight, batch * heads, num_keys, query_offset)
+
+
+def _attention_graph(edge_index: Tensor, edge_weight: Tensor, num_graphs: int,
+                     num_keys: int, query_offset: int) -> AttentionGraph:
     return AttentionGraph(
         edge_index=edge_index,
         edge_weight=edge_weight,
-        batch=torch.arange(num_graphs, device=query.device).repeat_interleave(num_keys),
+        batch=torch.arange(num_graphs, device=edge_index.device).repeat_interleave(num_keys),
         num_nodes=num_graphs * num_keys,
         batch_size=num_graphs,
         seq_len=num_keys,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch_geometric import EdgeIndex
 
 from pyg_transformer.attention.adjacency import (
     chunk_rows,
@@ -77,7 +78,10 @@ class GINAttention(GraphAttentionBase):
         num_keys = key.size(2)
         if self.backend == "pyg":
             graph = self.graph(query, key, mask, external)
-            out = self.conv(features.reshape(-1, d), graph.edge_index, graph.edge_weight)
+            # head_graphs sorts edges by target: PyG's fused (CSR) message passing
+            edge_index = EdgeIndex(graph.edge_index, sparse_size=(graph.num_nodes,) * 2,
+                                   sort_order="col")
+            out = self.conv(features.reshape(-1, d), edge_index, graph.edge_weight)
             return out.view(batch, heads, num_keys, d)[:, :, num_keys - num_queries :]
         if self.config.adjacency_activation == "softmax":
             out = scaled_softmax_aggregate(scaled, key, features, mask)

@@ -13,7 +13,6 @@ from torch import Tensor, nn
 from torch_geometric.nn.aggr import MaxAggregation, SumAggregation
 
 from pyg_transformer.attention.adjacency import (
-    BLOCK_ELEMENTS,
     chunk_rows,
     map_query_chunks,
     scaled_softmax_aggregate,
@@ -22,22 +21,66 @@ from pyg_transformer.attention.base import GraphAttentionBase
 from pyg_transformer.attention.headwise import HeadwisePNAMLP
 
 
-def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor) -> Tensor:
-    r"""``[B, H, rows, d]`` index :math:`j^*` of :math:`\max_{j: keep_{ij}} A'_{ij} F_{jk}`,
-    evaluated in blocks of rows so at most :data:`BLOCK_ELEMENTS` products exist at once."""
+def _first_max_index(x: Tensor, dim: int) -> Tensor:
+    """Index (as ``x.dtype``) of the first maximum of ``x`` along ``dim``, through ``amax``
+    only (much faster on CPU than ``argmax``/``max`` over a non-last dimension)."""
+    n = x.size(dim)
+    shape = [1] * x.dim()
+    shape[dim] = n
+    rank = torch.arange(n, 0, -1, dtype=x.dtype, device=x.device).view(shape)  # n .. 1
+    return n - torch.where(x == x.amax(dim, keepdim=True), rank, 0.0).amax(dim)
+
+
+#: rows and keys per block of :func:`_weighted_argmax`
+_MAX_ROWS, _MAX_KEYS = 8, 16
+
+
+def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor,
+                     first_position: int) -> Tensor:
+    r"""``[B, H, rows, d]`` index :math:`j^*` of :math:`\max_{j: keep_{ij}} A'_{ij} F_{jk}`
+    (the first one on ties), row ``i`` at position ``first_position + i``.
+
+    Exact, in two levels: per block of :data:`_MAX_ROWS` rows (all sequences and heads
+    at once), the products ``[B H, rows, Tk', d]`` (causal keys only, in one reused
+    buffer) are reduced with ``amax`` over key blocks of :data:`_MAX_KEYS`; the first
+    winning block, then the first winning key inside it (one gather of
+    ``rows x 16 x d``), give :math:`j^*`. Only the block's causal triangle is masked
+    when ``keep`` is exactly the causal pattern."""
     batch, heads, rows, num_keys = values.shape
-    step = max(1, BLOCK_ELEMENTS // (batch * heads * num_keys * features.size(-1)))
-    out = []
-    for start in range(0, rows, step):
-        rows_keep = keep[:, :, start : start + step]
-        kept_keys = rows_keep.flatten(0, 2).any(0).nonzero()
-        end = int(kept_keys.max()) + 1 if kept_keys.numel() else 1  # causal: skip later keys
-        block = values[:, :, start : start + step, :end].unsqueeze(-1) * features[
-            :, :, :end
-        ].unsqueeze(2)
-        block.masked_fill_(~rows_keep[..., :end].unsqueeze(-1), -math.inf)
-        out.append(block.argmax(-2))
-    return torch.cat(out, dim=2)
+    d = features.size(-1)
+    graphs = batch * heads
+    values, features = values.flatten(0, 1), features.flatten(0, 1)
+    keep = keep.expand(batch, heads, rows, num_keys).flatten(0, 1)
+    positions = torch.arange(first_position + 1, first_position + rows + 1,
+                             device=values.device)
+    causal = bool(int(keep.sum()) == graphs * int(positions.clamp(max=num_keys).sum()))
+    kept_key = torch.arange(1, num_keys + 1, device=values.device) * keep.any(0)
+    last = kept_key.amax(-1).tolist()  # per row: 1 + last kept key (0: none)
+    width = -(-num_keys // _MAX_KEYS) * _MAX_KEYS
+    buffer = values.new_full((graphs, _MAX_ROWS, width, d), -math.inf)
+    out = values.new_zeros((graphs, rows, d))
+    for start in range(0, rows, _MAX_ROWS):
+        r = min(_MAX_ROWS, rows - start)
+        end = max(last[start : start + r])
+        if end == 0:
+            continue
+        padded = -(-end // _MAX_KEYS) * _MAX_KEYS
+        # causal pattern: only keys >= the block's first position can be masked
+        first = min(first_position + start, end) if causal else 0
+        prod = buffer[:, :r, :padded]  # keys >= end stay -inf
+        torch.mul(values[:, start : start + r, :end, None], features[:, None, :end],
+                  out=prod[:, :, :end])
+        prod[:, :, first:end].masked_fill_(
+            ~keep[:, start : start + r, first:end, None], -math.inf
+        )
+        blocks = prod.view(graphs, r, padded // _MAX_KEYS, _MAX_KEYS, d)
+        block = _first_max_index(blocks.amax(-2), -2)  # [BH, r, d]
+        inside = blocks.gather(
+            2, block.long()[:, :, None, None].expand(graphs, r, 1, _MAX_KEYS, d)
+        ).squeeze(2)
+        torch.add(_first_max_index(inside, -2), block, alpha=_MAX_KEYS,
+                  out=out[:, start : start + r])
+    return out.long().view(batch, heads, rows, d)
 
 
 class PNAAttention(GraphAttentionBase):
@@ -129,23 +172,29 @@ class PNAAttention(GraphAttentionBase):
             out = out.view(batch, heads, num_keys, -1)
             return out[:, :, num_keys - num_queries :]
 
-        values_of = torch.cat([features, features * features], -1) if need_var else features
+        # sum, squares and degree from one matmul: A' [F, F^2, 1]
+        ones = features.new_ones(features.shape[:-1] + (1,))
+        values_of = torch.cat([features, features * features, ones] if need_var
+                              else [features, ones], -1)
         argmax_of_chunk: dict[int, Tensor] = {}  # reused when a checkpointed chunk reruns
 
         def block(values: Tensor, keep: Tensor, start: int) -> Tensor:
             summed = torch.matmul(values, values_of)
             total = summed[..., :d]
-            squares = summed[..., d:] if need_var else None
-            degree = values.sum(-1, keepdim=True)
+            squares = summed[..., d : 2 * d] if need_var else None
+            degree = summed[..., -1:]
             maximum = None
             if need_max:
                 index = argmax_of_chunk.get(start)
                 if index is None:
-                    index = _weighted_argmax(values.detach(), keep, features.detach())
+                    index = _weighted_argmax(values.detach(), keep, features.detach(),
+                                             num_keys - num_queries + start)
                     argmax_of_chunk[start] = index
                 # max_j A'_ij F_jk = A'_{i j*} F_{j* k}: differentiable through two gathers
                 maximum = values.gather(-1, index) * features.gather(2, index)
-                maximum = maximum.masked_fill(~keep.any(-1, keepdim=True), 0.0)
+                # rows without edges: 0 (keep broadcast over heads: test one head only)
+                kept = keep[:, :1] if keep.stride(1) == 0 else keep
+                maximum = maximum.masked_fill(~kept.any(-1, keepdim=True), 0.0)
             return self._finish(total, degree, squares, maximum)
 
         parts = map_query_chunks(

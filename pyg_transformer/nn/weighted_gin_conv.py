@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor
+from torch_geometric import EdgeIndex
 from torch_geometric.nn import GINConv
 from torch_geometric.typing import Adj, OptPairTensor, OptTensor, Size, SparseTensor
 from torch_geometric.utils import spmm
+
+from pyg_transformer.nn.spmm import weighted_spmm
 
 
 class WeightedGINConv(GINConv):
@@ -36,7 +40,14 @@ class WeightedGINConv(GINConv):
           ``(2, |E|)`` (row 0 source, row 1 target) or a sparse ``adj_t`` whose values
           are the weights, edge weights ``(|E|)`` *(optional)*
         - **output:** node features ``(|V|, F_out)`` (``|V_t|`` if bipartite)
+
+    An :class:`torch_geometric.EdgeIndex` sorted by target (``sort_order="col"``, no
+    duplicate edges) takes PyG's fused path: one CSR sparse-dense product
+    (:func:`~pyg_transformer.nn.spmm.weighted_spmm`, gradients for the weights too)
+    instead of gathering an ``[E, F]`` message tensor.
     """
+
+    SUPPORTS_FUSED_EDGE_INDEX = True
 
     def __init__(
         self,
@@ -71,11 +82,22 @@ class WeightedGINConv(GINConv):
     def message(self, x_j: Tensor, edge_weight: OptTensor) -> Tensor:
         return x_j if edge_weight is None else edge_weight.view(-1, 1) * x_j
 
-    def message_and_aggregate(self, adj_t: Adj, x: OptPairTensor) -> Tensor:
+    def message_and_aggregate(self, edge_index: Adj, x: OptPairTensor,
+                              edge_weight: OptTensor) -> Tensor:
+        if not torch.jit.is_scripting() and isinstance(edge_index, EdgeIndex):
+            if self.aggr in ("add", "sum"):
+                weight = edge_weight if edge_weight is not None else x[0].new_ones(
+                    edge_index.size(1))
+                return weighted_spmm(edge_index.as_tensor(), weight, x[0],
+                                     edge_index.get_sparse_size(1))
+            return edge_index.matmul(x[0], input_value=edge_weight, reduce=self.aggr,
+                                     transpose=True)
         # unlike GINConv, keep the sparse values: they are the edge weights
-        if isinstance(adj_t, SparseTensor) and adj_t.storage.value() is not None:
-            adj_t = adj_t.set_value(adj_t.storage.value().to(x[0].dtype), layout=None)
-        return spmm(adj_t, x[0], reduce=self.aggr)
+        if isinstance(edge_index, SparseTensor) and edge_index.storage.value() is not None:
+            edge_index = edge_index.set_value(
+                edge_index.storage.value().to(x[0].dtype), layout=None
+            )
+        return spmm(edge_index, x[0], reduce=self.aggr)
 
     def __repr__(self) -> str:
         return (
