@@ -16,7 +16,7 @@ from pyg_transformer.attention import (
     head_graphs,
 )
 from pyg_transformer.attention.adjacency import map_query_chunks, scaled_softmax_aggregate
-from pyg_transformer.graph.construction import causal_valid_mask
+from pyg_transformer.graph.scoring import causal_valid_mask
 
 
 def _valid(batch, tq, tk, mask=None):

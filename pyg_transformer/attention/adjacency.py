@@ -25,10 +25,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from pyg_transformer.graph import AttentionGraph
-from pyg_transformer.graph.construction import causal_valid_mask
+from pyg_transformer.graph import scoring
+from pyg_transformer.graph.scoring import causal_valid_mask
 from pyg_transformer.options import ADJACENCY_ACTIVATIONS
 
 __all__ = [
@@ -171,15 +171,6 @@ def chunk_rows(batch: int, heads: int, num_keys: int, extra: int = 1) -> int:
     return max(1, BLOCK_ELEMENTS // max(1, batch * heads * num_keys * extra))
 
 
-def _scores(query: Tensor, key: Tensor) -> Tensor:
-    """``[B, H, rows, Tk]`` scores with grouped-query keys ``[B, Hkv, Tk, d]``."""
-    b, h, rows, _ = query.shape
-    # [B, Hkv, (H / Hkv) * rows, d] @ [B, Hkv, d, Tk]: no broadcast copy of the keys
-    return torch.matmul(_grouped(query, key.size(1)), key.transpose(-1, -2)).view(
-        b, h, rows, -1
-    )
-
-
 def map_score_chunks(
     fn: Callable[[Tensor, Tensor, int], object],
     query: Tensor,
@@ -189,32 +180,29 @@ def map_score_chunks(
     query_offset: int,
     chunk: int,
     causal_keys: bool = False,
+    checkpointed: bool = False,
 ) -> list:
     r"""Apply ``fn(scores, valid, start)`` to the raw scores of each block of ``chunk``
-    query rows: **the** place where GIN-/PNA-Attention compute scores in query chunks.
+    query rows, through the graph core's scorer
+    (:func:`pyg_transformer.graph.scoring.map_score_chunks`).
 
-    ``scores`` is ``[B, H, rows, Tk']`` (``query`` already carries the score scale),
-    ``valid`` the ``[B, 1, rows, Tk']`` causal non-padding pairs and ``start`` the first
-    row of the block. With ``causal_keys`` only the keys a block can see are scored
-    (``Tk' = query_offset + start + rows``); otherwise ``Tk' = Tk``. No checkpointing
-    (see :func:`map_query_chunks`).
+    ``scores`` is ``[B, H, rows, Tk']`` in the query's dtype (``query`` already carries
+    the score scale), ``valid`` the ``[B, 1, rows, Tk']`` causal non-padding pairs and
+    ``start`` the first row of the block. With ``causal_keys`` only the keys a block can
+    see are scored (``Tk' = query_offset + start + rows``); otherwise ``Tk' = Tk``.
+    ``checkpointed`` recomputes each block in the backward pass.
     """
-    batch, _, num_queries, _ = query.shape
-    num_keys = key.size(2)
-    out = []
-    for start in range(0, num_queries, chunk):
-        q_chunk = query[:, :, start : start + chunk]
-        rows = q_chunk.size(2)
-        width = min(num_keys, query_offset + start + rows) if causal_keys else num_keys
-        positions = torch.arange(
-            query_offset + start, query_offset + start + rows, device=query.device
-        )
-        valid = causal_valid_mask(batch, positions, width, None)
-        if attention_mask is not None:  # keys: the first `width`; queries: their positions
-            valid = valid & attention_mask[:, None, :width] \
-                & attention_mask[:, positions][:, :, None]
-        out.append(fn(_scores(q_chunk, key[:, :, :width]), valid[:, None], start))
-    return out
+
+    def with_valid(scores: Tensor, valid: Tensor | None, start: int):
+        if valid is None:  # a single row that sees every key
+            valid = scores.new_ones(scores.size(0), 1, scores.size(-1), dtype=torch.bool)
+        return fn(scores, valid[:, None], start)
+
+    return scoring.map_score_chunks(
+        with_valid, query, key, scaling=None, padding=attention_mask,
+        query_offset=query_offset, chunk_size=chunk, checkpointed=checkpointed,
+        upcast=False, causal_keys=causal_keys,
+    )
 
 
 def map_query_chunks(
@@ -237,33 +225,22 @@ def map_query_chunks(
     so only ``fn``'s outputs (not the ``[B, H, chunk, Tk]`` scores) are kept for the
     backward pass.
     """
-    num_queries = query.size(2)
 
-    def block(q_chunk: Tensor, key: Tensor, start: int):
-        def activate(scores: Tensor, valid: Tensor, _: int):
-            rows = scores.size(2)
-            ext = None if external is None else external[:, None, start : start + rows]
-            values, keep = adjacency_block(scores, valid, spec, ext)
-            return fn(values, keep, start)
-
-        return map_score_chunks(
-            activate, q_chunk, key, attention_mask=attention_mask,
-            query_offset=query_offset + start, chunk=q_chunk.size(2),
-        )[0]
+    def activate(scores: Tensor, valid: Tensor, start: int):
+        rows = scores.size(2)
+        ext = None if external is None else external[:, None, start : start + rows]
+        values, keep = adjacency_block(scores, valid, spec, ext)
+        return fn(values, keep, start)
 
     needs_grad = torch.is_grad_enabled() and (
         query.requires_grad or key.requires_grad
         or (isinstance(spec.tau, Tensor) and spec.tau.requires_grad)
         or (external is not None and external.requires_grad)
     )
-    out = []
-    for start in range(0, num_queries, chunk):
-        q_chunk = query[:, :, start : start + chunk]
-        if needs_grad and num_queries > chunk:
-            out.append(checkpoint(block, q_chunk, key, start, use_reentrant=False))
-        else:
-            out.append(block(q_chunk, key, start))
-    return out
+    return map_score_chunks(
+        activate, query, key, attention_mask=attention_mask, query_offset=query_offset,
+        chunk=chunk, checkpointed=needs_grad and query.size(2) > chunk,
+    )
 
 
 def _grouped(x: Tensor, heads_kv: int) -> Tensor:
@@ -456,8 +433,8 @@ def head_graphs(
             query, key, spec, attention_mask=attention_mask, query_offset=query_offset,
             chunk=chunk,
         )
-        return _attention_graph(edge_index, edge_weight, batch * heads, num_keys,
-                                query_offset)
+        return AttentionGraph.from_coo(edge_index, edge_weight, batch_size=batch * heads,
+                                       seq_len=num_keys, query_offset=query_offset)
 
     def edges(values: Tensor, keep: Tensor, start: int):
         b, h, i, j = keep.nonzero(as_tuple=True)
@@ -475,20 +452,8 @@ def head_graphs(
     if len(parts) > 1:  # chunk-major -> sorted by target (then source)
         order = torch.argsort(edge_index[1], stable=True)
         edge_index, edge_weight = edge_index[:, order], edge_weight[order]
-    return _attention_graph(edge_index, edge_weight, batch * heads, num_keys, query_offset)
-
-
-def _attention_graph(edge_index: Tensor, edge_weight: Tensor, num_graphs: int,
-                     num_keys: int, query_offset: int) -> AttentionGraph:
-    return AttentionGraph(
-        edge_index=edge_index,
-        edge_weight=edge_weight,
-        batch=torch.arange(num_graphs, device=edge_index.device).repeat_interleave(num_keys),
-        num_nodes=num_graphs * num_keys,
-        batch_size=num_graphs,
-        seq_len=num_keys,
-        query_offset=query_offset,
-    )
+    return AttentionGraph.from_coo(edge_index, edge_weight, batch_size=batch * heads,
+                                   seq_len=num_keys, query_offset=query_offset)
 
 
 def padding_safe_mask(

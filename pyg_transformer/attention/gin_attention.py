@@ -16,7 +16,7 @@ from pyg_transformer.attention.adjacency import (
 )
 from pyg_transformer.attention.base import GraphAttentionBase
 from pyg_transformer.attention.headwise import HeadwiseGINMLP
-from pyg_transformer.graph.construction import causal_valid_mask
+from pyg_transformer.graph.scoring import causal_valid_mask
 from pyg_transformer.nn import WeightedGINConv
 
 

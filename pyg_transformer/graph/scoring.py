@@ -171,6 +171,7 @@ def map_score_chunks(
     chunk_size: int,
     checkpointed: bool = False,
     upcast: bool = True,
+    causal_keys: bool = True,
 ) -> list:
     r"""Apply ``fn(scores, valid, start)`` to the scores of each block of ``chunk_size``
     query rows and return the results in order.
@@ -178,7 +179,8 @@ def map_score_chunks(
     ``scores`` ``[B, H, rows, K]`` are :math:`s\,QK^\top` of rows ``start ..
     start + rows - 1`` (absolute positions from ``query_offset + start``) against the
     first ``K = query_offset + start + rows`` keys (the later keys are causally
-    invisible to the block); float32 when ``upcast``, else in the query's dtype.
+    invisible to the block; ``causal_keys=False``: all ``Tk`` keys); float32 when
+    ``upcast``, else in the query's dtype.
     ``valid`` ``[B, rows, K]`` is the bool mask of causal, non-padding, ``visible``
     pairs, or ``None`` when every pair of the block is valid (no padding, no
     ``visible``, a single row).
@@ -195,17 +197,19 @@ def map_score_chunks(
             checkpointing) instead of keeping its scores; only ``fn``'s outputs are
             stored.
         upcast: compute the scores in float32.
+        causal_keys: score only the keys a block can see causally.
     """
-    batch, num_queries = query.size(0), query.size(2)
+    batch, num_queries, num_keys = query.size(0), query.size(2), key.size(2)
     out = []
 
     def block(query_chunk: Tensor, key: Tensor, start: int):
         rows = query_chunk.size(2)
-        stop = query_offset + start + rows
-        if rows == 1 and padding is None and visible is None:
+        last = query_offset + start + rows  # one past the block's last position
+        stop = last if causal_keys else num_keys
+        if rows == 1 and padding is None and visible is None and stop == last:
             valid = None
         else:
-            positions = torch.arange(stop - rows, stop, device=query.device)
+            positions = torch.arange(last - rows, last, device=query.device)
             valid = causal_valid_mask(
                 batch, positions, stop, None if padding is None else padding[:, :stop]
             )
