@@ -10,6 +10,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from pyg_transformer.attention.adjacency import AdjacencySpec, head_graphs, score_scale
 from pyg_transformer.graph import AttentionGraph
+from pyg_transformer.graph.validation import check_padding_mask
 
 
 class GraphAttentionBase(nn.Module):
@@ -99,15 +100,9 @@ class GraphAttentionBase(nn.Module):
 
     @staticmethod
     def check_mask(attention_mask, batch: int, num_keys: int) -> Tensor | None:
-        if attention_mask is None:
-            return None
-        if not isinstance(attention_mask, Tensor) or attention_mask.shape != (batch, num_keys):
-            shape = getattr(attention_mask, "shape", type(attention_mask).__name__)
-            raise ValueError(
-                f"graph attention needs a 2D padding mask [B, Tk] = [{batch}, {num_keys}], "
-                f"got {tuple(shape) if isinstance(shape, torch.Size) else shape}"
-            )
-        return attention_mask.bool()
+        """The 2D padding mask ``[B, Tk]`` as bool, or ``None``
+        (:func:`~pyg_transformer.graph.validation.check_padding_mask`)."""
+        return check_padding_mask(attention_mask, batch, num_keys)
 
     @staticmethod
     def check_external(external, batch: int, num_queries: int, num_keys: int):

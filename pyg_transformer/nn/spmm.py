@@ -7,6 +7,7 @@ import warnings
 
 import torch
 from torch import Tensor
+from torch_geometric.index import index2ptr
 
 __all__ = ["weighted_spmm"]
 
@@ -21,7 +22,7 @@ class _WeightedSpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, edge_index: Tensor, weight: Tensor, x: Tensor, num_targets: int):
         source, target = edge_index
-        ptr = torch._convert_indices_from_coo_to_csr(target, num_targets)
+        ptr = index2ptr(target, num_targets)
         adj = _csr(ptr, source, weight.detach().to(x.dtype), (num_targets, x.size(0)))
         ctx.save_for_backward(source, target, ptr, weight, x)
         return torch.sparse.mm(adj, x.detach())
@@ -41,7 +42,7 @@ class _WeightedSpMM(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             # A^T grad_out: the same edges sorted by source
             order = torch.argsort(source, stable=True)
-            ptr_t = torch._convert_indices_from_coo_to_csr(source[order], x.size(0))
+            ptr_t = index2ptr(source[order], x.size(0))
             adj_t = _csr(ptr_t, target[order], weight.detach()[order].to(x.dtype),
                          (x.size(0), grad_out.size(0)))
             grad_x = torch.sparse.mm(adj_t, grad_out)
