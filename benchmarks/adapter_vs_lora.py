@@ -9,10 +9,9 @@ change of the shared machine's load hits both methods alike:
   ``--rounds`` rounds of one LoRA step and one Sparse-GIN step. Reported: the median
   of the per-round ratios, both in process CPU time (the primary figure: with one
   thread it is the work done, whatever else runs on the machine) and in wall time;
-* **peak memory** of one train step (after a warm-up step, so the AdamW state exists):
-  the resident-set growth with the kernel's peak counter reset first
-  (``_measure.peak_memory_mb``), one fresh process per method and shape, so that one
-  model's allocator cache never serves the other;
+* **peak memory** of training: the peak resident-set growth over two train steps
+  (``ru_maxrss`` minus the RSS right before the first step: AdamW state, activations,
+  gradients, temporaries), one fresh process per method and shape;
 * **greedy generation** with the KV cache, batch 1: base model, Sparse-GIN and unmerged
   LoRA interleaved in one process (attach, generate, unload), ``--generation-rounds``
   rounds; tokens/s per round and the median of the per-round Sparse-GIN/base ratios.
@@ -165,13 +164,21 @@ def worker_train(model_dir: str, seq_len: int, batch: int, rounds: int, lora_r: 
 
 
 def worker_memory(method: str, model_dir: str, seq_len: int, batch: int, lora_r: int) -> dict:
+    """Peak RSS growth of training: ``ru_maxrss`` after two steps minus the RSS right
+    before the first (model and adapter loaded; the AdamW state, activations, gradients
+    and temporaries are what grows)."""
+    import resource
+
     import torch
-    from _measure import peak_memory_mb
 
     adapted, optimizer, info = build(method, model_dir, lora_r)
     ids = torch.randint(0, adapted.config.vocab_size, (batch, seq_len))
-    train_step(adapted, optimizer, ids)  # AdamW state and allocator warm
-    return {**info, "peak_mb": peak_memory_mb(lambda: train_step(adapted, optimizer, ids))}
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    for _ in range(2):
+        train_step(adapted, optimizer, ids)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return {**info, "peak_mb": (peak - before) / 2**20}
 
 
 def worker_generate(model_dir: str, new_tokens: int, lora_r: int, rounds: int) -> dict:
@@ -340,8 +347,8 @@ def main() -> None:
             "timing": "one process per shape, LoRA and Sparse-GIN steps interleaved round by "
                       "round after one warm-up step each; ratio: median of the per-round "
                       "ratios, in process CPU time (primary) and wall time",
-            "memory": "peak RSS growth of one train step after a warm-up step (VmHWM reset "
-                      "through /proc/self/clear_refs), fresh process per method and shape",
+            "memory": "peak RSS growth over two train steps (ru_maxrss minus the RSS "
+                      "before the first step), fresh process per method and shape",
             "generation": "greedy, batch 1, KV cache; base, Sparse-GIN and unmerged LoRA "
                           "interleaved in one process; ratio: median of the per-round ratios",
             "note": "shared 2-core machine (other jobs running)",
