@@ -39,7 +39,7 @@ _MAX_ROWS, _MAX_KEYS = 8, 16
 
 
 def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor,
-                     first_position: int) -> Tensor:
+                     first_position: int, buffer: Tensor | None = None) -> Tensor:
     r"""``[B, H, rows, d]`` index :math:`j^*` of :math:`\max_{j: keep_{ij}} A'_{ij} F_{jk}`
     (the first one on ties), row ``i`` at position ``first_position + i``.
 
@@ -48,7 +48,8 @@ def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor,
     buffer) are reduced with ``amax`` over key blocks of :data:`_MAX_KEYS`; the first
     winning block, then the first winning key inside it (one gather of
     ``rows x 16 x d``), give :math:`j^*`. Only the block's causal triangle is masked
-    when ``keep`` is exactly the causal pattern."""
+    when ``keep`` is exactly the causal pattern. ``buffer`` (optional, from
+    :func:`_argmax_buffer`, at least as wide as the keys) is reused across calls."""
     batch, heads, rows, num_keys = values.shape
     d = features.size(-1)
     graphs = batch * heads
@@ -60,7 +61,8 @@ def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor,
     kept_key = torch.arange(1, num_keys + 1, device=values.device) * keep.any(0)
     last = kept_key.amax(-1).tolist()  # per row: 1 + last kept key (0: none)
     width = -(-num_keys // _MAX_KEYS) * _MAX_KEYS
-    buffer = values.new_full((graphs, _MAX_ROWS, width, d), -math.inf)
+    if buffer is None or buffer.size(2) < width:
+        buffer = _argmax_buffer(values, features, width)
     out = values.new_zeros((graphs, rows, d))
     for start in range(0, rows, _MAX_ROWS):
         r = min(_MAX_ROWS, rows - start)
@@ -70,9 +72,10 @@ def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor,
         padded = -(-end // _MAX_KEYS) * _MAX_KEYS
         # causal pattern: only keys >= the block's first position can be masked
         first = min(first_position + start, end) if causal else 0
-        prod = buffer[:, :r, :padded]  # keys >= end stay -inf
+        prod = buffer[:, :r, :padded]
         torch.mul(values[:, start : start + r, :end, None], features[:, None, :end],
                   out=prod[:, :, :end])
+        prod[:, :, end:].fill_(-math.inf)  # (a previous block may have written there)
         prod[:, :, first:end].masked_fill_(
             ~keep[:, start : start + r, first:end, None], -math.inf
         )
@@ -84,6 +87,19 @@ def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor,
         torch.add(_first_max_index(inside, -2), block, alpha=_MAX_KEYS,
                   out=out[:, start : start + r])
     return out.long().view(batch, heads, rows, d)
+
+
+def _argmax_buffer(values: Tensor, features: Tensor, num_keys: int) -> Tensor:
+    """The ``[B H, rows, keys, d]`` product buffer of :func:`_weighted_argmax`."""
+    width = -(-num_keys // _MAX_KEYS) * _MAX_KEYS
+    graphs = values.size(0) * values.size(1)
+    return values.new_empty((graphs, _MAX_ROWS, width, features.size(-1)))
+
+
+#: query rows per chunk of :class:`_PNASoftmaxAggregations` (at most): small chunks score
+#: fewer causally invisible keys (``T = 1024``: 56 % of the full ``T x T`` at 128 rows,
+#: 75 % at 512)
+_SOFTMAX_CHUNK = 128
 
 
 class _PNASoftmaxAggregations(torch.autograd.Function):
@@ -118,6 +134,7 @@ class _PNASoftmaxAggregations(torch.autograd.Function):
         d = features.size(-1)
         values_of = torch.cat([features, features * features], -1) if need_var else features
         lse_parts, index_parts, outputs = [], [], []
+        buffer = _argmax_buffer(query, features, key.size(2)) if need_max else None
 
         def block(scores: Tensor, valid: Tensor, start: int):
             width = scores.size(-1)
@@ -134,7 +151,7 @@ class _PNASoftmaxAggregations(torch.autograd.Function):
             maximum = None
             if need_max:
                 index = _weighted_argmax(probs, valid, features,
-                                         query_offset + start)
+                                         query_offset + start, buffer)
                 maximum = probs.gather(-1, index) * features.gather(2, index)
                 if empty:
                     maximum.masked_fill_(~has_key, 0.0)
@@ -311,7 +328,7 @@ class PNAAttention(GraphAttentionBase):
         if self.config.adjacency_activation == "softmax" and external is None:
             total, squares, degree, maximum = _PNASoftmaxAggregations.apply(
                 self.scaled_query(query), key, features, mask, num_keys - num_queries,
-                chunk_rows(batch, heads, num_keys), need_var, need_max,
+                min(_SOFTMAX_CHUNK, chunk_rows(batch, heads, num_keys)), need_var, need_max,
             )
             return self._finish(total, degree, squares if need_var else None,
                                 maximum if need_max else None)
