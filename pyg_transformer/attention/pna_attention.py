@@ -62,7 +62,7 @@ def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor,
     last = kept_key.amax(-1).tolist()  # per row: 1 + last kept key (0: none)
     width = -(-num_keys // _MAX_KEYS) * _MAX_KEYS
     if buffer is None or buffer.size(2) < width:
-        buffer = _argmax_buffer(values, features, width)
+        buffer = _argmax_buffer(values, graphs, num_keys, d)
     out = values.new_zeros((graphs, rows, d))
     for start in range(0, rows, _MAX_ROWS):
         r = min(_MAX_ROWS, rows - start)
@@ -89,11 +89,10 @@ def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor,
     return out.long().view(batch, heads, rows, d)
 
 
-def _argmax_buffer(values: Tensor, features: Tensor, num_keys: int) -> Tensor:
+def _argmax_buffer(like: Tensor, graphs: int, num_keys: int, d: int) -> Tensor:
     """The ``[B H, rows, keys, d]`` product buffer of :func:`_weighted_argmax`."""
     width = -(-num_keys // _MAX_KEYS) * _MAX_KEYS
-    graphs = values.size(0) * values.size(1)
-    return values.new_empty((graphs, _MAX_ROWS, width, features.size(-1)))
+    return like.new_empty((graphs, _MAX_ROWS, width, d))
 
 
 #: query rows per chunk of :class:`_PNASoftmaxAggregations` (at most): small chunks score
@@ -134,7 +133,8 @@ class _PNASoftmaxAggregations(torch.autograd.Function):
         d = features.size(-1)
         values_of = torch.cat([features, features * features], -1) if need_var else features
         lse_parts, index_parts, outputs = [], [], []
-        buffer = _argmax_buffer(query, features, key.size(2)) if need_max else None
+        buffer = (_argmax_buffer(features, query.size(0) * query.size(1), key.size(2), d)
+                  if need_max else None)
 
         def block(scores: Tensor, valid: Tensor, start: int):
             width = scores.size(-1)
@@ -255,9 +255,12 @@ class PNAAttention(GraphAttentionBase):
     :math:`\lambda = \sigma(\text{blend\_logit}) \in [0, 1]`; then the heads are
     concatenated and projected by the optional ``o_proj``.
 
-    Backends: ``dense`` evaluates all aggregators on checkpointed query chunks; the max
-    finds :math:`j^*` without autograd in bounded ``[B, H, rows, Tk, d]`` blocks and is
-    then differentiated through :math:`A'_{ij^*} F_{j^*k}` (two gathers); ``pyg`` builds
+    Backends: ``dense`` evaluates all aggregators on query chunks: for ``softmax``
+    without external adjacency in :class:`_PNASoftmaxAggregations` (a flash-attention
+    style custom backward: each chunk's scores and probabilities are recomputed once,
+    nothing ``[B, H, Tq, Tk]`` is kept), otherwise on checkpointed chunks; the max finds
+    :math:`j^*` without autograd in bounded ``[B, H, rows, Tk, d]`` blocks and is
+    differentiated through :math:`A'_{ij^*} F_{j^*k}`; ``pyg`` builds
     ``B * H`` causal graphs and uses PyG's :class:`~torch_geometric.nn.aggr.SumAggregation` and
     :class:`~torch_geometric.nn.aggr.MaxAggregation` on the weighted messages
     :math:`A'_{ij} F_j`.
