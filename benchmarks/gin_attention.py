@@ -38,14 +38,23 @@ Where the time goes (torch.profiler, one train step, T=1024, 1 thread):
   O(T^2 d) like standard attention, plus the top-k selection O(T^2) per head.
 * GIN threshold: as top-k without ``topk`` (a dense ``softmax`` > tau and a
   ``nonzero`` instead).
-* PNA softmax (dense): the aggregations sum/mean/var/degree are one matmul
-  ``A' [F, F^2, 1]`` per chunk (``bmm``, forward, checkpoint recompute and backward:
-  ~30 % of the step), the scores ``bmm`` and ``softmax`` (forward, recompute, backward)
-  ~20 %, the weighted max ~10 %: exact argmax over all causal pairs and features,
-  O(T^2 d) per head without BLAS (``amax`` over key blocks of 16, then inside the
-  winning block; see ``pna_attention._weighted_argmax``). Floor: the max is
-  ~T^2 d / 2 products and comparisons per head; everything else is O(T^2 d) matmuls,
-  ~3x the matmul work of standard attention (value width 2d+1, checkpoint recompute).
+* PNA softmax (dense): ``pna_attention._PNASoftmaxAggregations``, a flash-attention
+  style custom autograd function over query chunks of <= 128 rows scored against their
+  causal keys only (56 % of the ``T x T`` scores at T=1024): forward scores, ``softmax``,
+  row log-sum-exp, one ``bmm`` ``P [F, F^2]`` (value width 2d) and the weighted max;
+  backward recomputes scores and ``P = exp(S - lse)`` once per chunk (no activation
+  checkpointing, so no second softmax or aggregation matmul) and forms
+  ``dS = P (dP - c)`` with ``c`` from the saved outputs. Profile (one step, T=1024):
+  ``mm`` (projections, MLP, LM head) ~22 %, ``bmm`` (scores, ``P [F, F^2]`` and its
+  gradients) ~17 %, and the exact weighted max ~35 % (``mul`` building the products
+  ``P_ij F_jk``, ``amax`` over key blocks of 16, ``gather`` into the winning block,
+  ``where``/``eq`` for the first maximum; see ``pna_attention._weighted_argmax``);
+  the function's forward is ~50 % of the step, its backward ~20 %. Was (checkpointed
+  chunks of 512 rows against all keys): ``bmm`` 22 %, ``copy_`` 16 % (masked copies of
+  ``[B, H, 512, T]`` blocks), ``softmax`` forward twice + backward 16 %, ``fill_`` 8 %:
+  2.96x standard, now ~2.1x. Floor: the max is ~T^2 d / 2 products and comparisons per
+  head without BLAS (now the largest attention-specific cost); everything else is
+  O(T^2 d) matmuls, ~1.4x the matmul work of standard attention (value width 2d).
 
 Usage: ``python benchmarks/gin_attention.py [--seq-lens 256 1024 2048] [--repeats 3]``
 (prints a table and writes ``benchmarks/results/gin_attention.json``).
