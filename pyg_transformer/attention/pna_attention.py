@@ -10,11 +10,14 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch_geometric.nn.aggr import MaxAggregation, SumAggregation
 
 from pyg_transformer.attention.adjacency import (
+    _grouped,
     chunk_rows,
     map_query_chunks,
+    map_score_chunks,
     scaled_softmax_aggregate,
 )
 from pyg_transformer.attention.base import GraphAttentionBase
@@ -36,7 +39,7 @@ _MAX_ROWS, _MAX_KEYS = 8, 16
 
 
 def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor,
-                     first_position: int) -> Tensor:
+                     first_position: int, buffer: Tensor | None = None) -> Tensor:
     r"""``[B, H, rows, d]`` index :math:`j^*` of :math:`\max_{j: keep_{ij}} A'_{ij} F_{jk}`
     (the first one on ties), row ``i`` at position ``first_position + i``.
 
@@ -45,7 +48,8 @@ def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor,
     buffer) are reduced with ``amax`` over key blocks of :data:`_MAX_KEYS`; the first
     winning block, then the first winning key inside it (one gather of
     ``rows x 16 x d``), give :math:`j^*`. Only the block's causal triangle is masked
-    when ``keep`` is exactly the causal pattern."""
+    when ``keep`` is exactly the causal pattern. ``buffer`` (optional, from
+    :func:`_argmax_buffer`, at least as wide as the keys) is reused across calls."""
     batch, heads, rows, num_keys = values.shape
     d = features.size(-1)
     graphs = batch * heads
@@ -57,7 +61,8 @@ def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor,
     kept_key = torch.arange(1, num_keys + 1, device=values.device) * keep.any(0)
     last = kept_key.amax(-1).tolist()  # per row: 1 + last kept key (0: none)
     width = -(-num_keys // _MAX_KEYS) * _MAX_KEYS
-    buffer = values.new_full((graphs, _MAX_ROWS, width, d), -math.inf)
+    if buffer is None or buffer.size(2) < width:
+        buffer = _argmax_buffer(values, graphs, num_keys, d)
     out = values.new_zeros((graphs, rows, d))
     for start in range(0, rows, _MAX_ROWS):
         r = min(_MAX_ROWS, rows - start)
@@ -67,9 +72,10 @@ def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor,
         padded = -(-end // _MAX_KEYS) * _MAX_KEYS
         # causal pattern: only keys >= the block's first position can be masked
         first = min(first_position + start, end) if causal else 0
-        prod = buffer[:, :r, :padded]  # keys >= end stay -inf
+        prod = buffer[:, :r, :padded]
         torch.mul(values[:, start : start + r, :end, None], features[:, None, :end],
                   out=prod[:, :, :end])
+        prod[:, :, end:].fill_(-math.inf)  # (a previous block may have written there)
         prod[:, :, first:end].masked_fill_(
             ~keep[:, start : start + r, first:end, None], -math.inf
         )
@@ -81,6 +87,153 @@ def _weighted_argmax(values: Tensor, keep: Tensor, features: Tensor,
         torch.add(_first_max_index(inside, -2), block, alpha=_MAX_KEYS,
                   out=out[:, start : start + r])
     return out.long().view(batch, heads, rows, d)
+
+
+def _argmax_buffer(like: Tensor, graphs: int, num_keys: int, d: int) -> Tensor:
+    """The ``[B H, rows, keys, d]`` product buffer of :func:`_weighted_argmax`."""
+    width = -(-num_keys // _MAX_KEYS) * _MAX_KEYS
+    return like.new_empty((graphs, _MAX_ROWS, width, d))
+
+
+#: query rows per chunk of :class:`_PNASoftmaxAggregations` (at most): small chunks score
+#: fewer causally invisible keys (``T = 1024``: 56 % of the full ``T x T`` at 128 rows,
+#: 75 % at 512)
+_SOFTMAX_CHUNK = 128
+
+
+class _PNASoftmaxAggregations(torch.autograd.Function):
+    r"""Sum, squares, degree and weighted max of a ``softmax`` adjacency (no external
+    adjacency) over the query chunks of :func:`map_score_chunks` (causal keys only),
+    in the style of flash attention: no ``[B, H, chunk, Tk]`` block is kept and each is
+    recomputed once in the backward pass (scores and probabilities, not the
+    aggregations as activation checkpointing would).
+
+    Forward, per chunk: :math:`P = \operatorname{softmax}(S)` on the valid pairs, the row
+    log-sum-exp :math:`\ell_i = \max_j S_{ij} - \log \max_j P_{ij}`, ``[sum, squares] =
+    P [F, F^2]``, the degree (1 on rows with a valid key, else 0: :math:`\sum_j P_{ij}`
+    is constant, so it has no gradient) and the max :math:`P_{ij^*} F_{j^*k}` with
+    :math:`j^*` from :func:`_weighted_argmax`. Saved: ``query``, ``key``, ``features``,
+    :math:`\ell` ``[B, H, Tq]``, :math:`j^*` ``[B, H, Tq, d]`` and the outputs.
+
+    Backward, per chunk: :math:`P = e^{S - \ell}`, with the output gradients
+    :math:`g_T, g_S, g_M`: :math:`\partial P = [g_T, g_S] [F, F^2]^\top` plus
+    :math:`g_{M,ik} F_{j^*k}` at :math:`j^*`, :math:`\partial S = P \odot (\partial P - c)`
+    with :math:`c_i = \sum_j P_{ij} \partial P_{ij} = \sum_k (g_T T + g_S Q + g_M M)_{ik}`
+    (from the saved outputs), then ``dS K``, ``dS^T Q`` and
+    :math:`\partial F = P^\top g_T + 2 F \odot P^\top g_S` plus :math:`g_{M,ik} P_{ij^*}` at
+    :math:`j^*`.
+
+    Returns ``(total, squares, degree, maximum)`` (``squares``/``maximum``: empty
+    tensors when not requested).
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, features, attention_mask, query_offset, chunk,
+                need_var, need_max):
+        d = features.size(-1)
+        values_of = torch.cat([features, features * features], -1) if need_var else features
+        lse_parts, index_parts, outputs = [], [], []
+        buffer = (_argmax_buffer(features, query.size(0) * query.size(1), key.size(2), d)
+                  if need_max else None)
+
+        def block(scores: Tensor, valid: Tensor, start: int):
+            width = scores.size(-1)
+            has_key = valid.any(-1, keepdim=True)  # [B, 1, rows, 1]
+            masked = scores.masked_fill_(~valid, torch.finfo(scores.dtype).min)
+            row_max = masked.amax(-1)
+            probs = torch.softmax(masked, -1)
+            lse = row_max - probs.amax(-1).log()  # max_j P_ij = 1 / sum_j e^(S_ij - max)
+            empty = not bool(has_key.all())
+            if empty:  # rows without a valid key: P = 0 (and e^(S - inf) = 0 later)
+                probs.masked_fill_(~has_key, 0.0)
+                lse = lse.masked_fill(~has_key[..., 0], math.inf)
+            summed = torch.matmul(probs, values_of[:, :, :width])
+            maximum = None
+            if need_max:
+                index = _weighted_argmax(probs, valid, features,
+                                         query_offset + start, buffer)
+                maximum = probs.gather(-1, index) * features.gather(2, index)
+                if empty:
+                    maximum.masked_fill_(~has_key, 0.0)
+                index_parts.append(index)
+            lse_parts.append(lse)
+            outputs.append((summed, has_key, maximum))
+
+        map_score_chunks(
+            block, query, key, attention_mask=attention_mask, query_offset=query_offset,
+            chunk=chunk, causal_keys=True,
+        )
+        summed = torch.cat([o[0] for o in outputs], dim=2)
+        total = summed[..., :d].contiguous() if need_var else summed
+        squares = summed[..., d:].contiguous() if need_var else summed.new_empty(0)
+        degree = torch.cat([o[1] for o in outputs], dim=2).to(summed.dtype)
+        degree = degree.expand(-1, query.size(1), -1, -1).contiguous()
+        maximum = (torch.cat([o[2] for o in outputs], dim=2) if need_max
+                   else summed.new_empty(0))
+        index = torch.cat(index_parts, dim=2) if need_max else None
+        lse = torch.cat(lse_parts, dim=2)
+        ctx.mark_non_differentiable(degree)
+        ctx.save_for_backward(query, key, features, lse, index, total, squares, maximum)
+        ctx.mask, ctx.offset, ctx.chunk = attention_mask, query_offset, chunk
+        ctx.need_var, ctx.need_max = need_var, need_max
+        return total, squares, degree, maximum
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_total, grad_squares, _, grad_max):
+        query, key, features, lse, index, total, squares, maximum = ctx.saved_tensors
+        batch, heads, _, _ = query.shape
+        heads_kv = key.size(1)
+        need_var, need_max = ctx.need_var, ctx.need_max
+        # c_i = sum_j P_ij dP_ij = sum_k g_ik out_ik
+        c = (grad_total * total).sum(-1, keepdim=True)
+        values_of, grads = features, grad_total
+        if need_var:
+            c = c + (grad_squares * squares).sum(-1, keepdim=True)
+            values_of = torch.cat([features, features * features], -1)
+            grads = torch.cat([grad_total, grad_squares], -1)
+        if need_max:
+            c = c + (grad_max * maximum).sum(-1, keepdim=True)
+            # d max_ik / d P_ij* = F_j*k, d max_ik / d F_j*k = P_ij*
+            max_to_p = grad_max * features.gather(2, index)
+        grad_query = torch.zeros_like(query)
+        grad_key = torch.zeros_like(key)
+        grad_values = torch.zeros_like(values_of)
+        grad_features = torch.zeros_like(features)
+
+        def grad_block(scores: Tensor, valid: Tensor, start: int):
+            rows, width = scores.size(2), scores.size(3)
+            stop = start + rows
+            probs = scores.masked_fill_(~valid, -math.inf).sub_(lse[:, :, start:stop, None])
+            probs = probs.exp_()
+            g = grads[:, :, start:stop]
+            dp = torch.matmul(g, values_of[:, :, :width].transpose(-1, -2))
+            grad_values[:, :, :width] += torch.matmul(probs.transpose(-1, -2), g)
+            if need_max:
+                idx = index[:, :, start:stop]
+                dp.scatter_add_(-1, idx, max_to_p[:, :, start:stop])
+                grad_features.scatter_add_(
+                    2, idx, grad_max[:, :, start:stop] * probs.gather(-1, idx)
+                )
+            ds = dp.sub_(c[:, :, start:stop]).mul_(probs)
+            grad_query[:, :, start:stop] = torch.matmul(
+                ds.view(batch, heads_kv, heads // heads_kv, rows, width),
+                key[:, :, :width].unsqueeze(2),
+            ).view(batch, heads, rows, -1)
+            grad_key[:, :, :width] += torch.matmul(
+                _grouped(ds, heads_kv).transpose(-1, -2),
+                _grouped(query[:, :, start:stop], heads_kv),
+            )
+
+        map_score_chunks(
+            grad_block, query, key, attention_mask=ctx.mask, query_offset=ctx.offset,
+            chunk=ctx.chunk, causal_keys=True,
+        )
+        d = features.size(-1)
+        grad_features += grad_values[..., :d]
+        if need_var:
+            grad_features.addcmul_(features, grad_values[..., d:], value=2.0)
+        return grad_query, grad_key, grad_features, None, None, None, None, None
 
 
 class PNAAttention(GraphAttentionBase):
@@ -102,9 +255,12 @@ class PNAAttention(GraphAttentionBase):
     :math:`\lambda = \sigma(\text{blend\_logit}) \in [0, 1]`; then the heads are
     concatenated and projected by the optional ``o_proj``.
 
-    Backends: ``dense`` evaluates all aggregators on checkpointed query chunks; the max
-    finds :math:`j^*` without autograd in bounded ``[B, H, rows, Tk, d]`` blocks and is
-    then differentiated through :math:`A'_{ij^*} F_{j^*k}` (two gathers); ``pyg`` builds
+    Backends: ``dense`` evaluates all aggregators on query chunks: for ``softmax``
+    without external adjacency in :class:`_PNASoftmaxAggregations` (a flash-attention
+    style custom backward: each chunk's scores and probabilities are recomputed once,
+    nothing ``[B, H, Tq, Tk]`` is kept), otherwise on checkpointed chunks; the max finds
+    :math:`j^*` without autograd in bounded ``[B, H, rows, Tk, d]`` blocks and is
+    differentiated through :math:`A'_{ij^*} F_{j^*k}`; ``pyg`` builds
     ``B * H`` causal graphs and uses PyG's :class:`~torch_geometric.nn.aggr.SumAggregation` and
     :class:`~torch_geometric.nn.aggr.MaxAggregation` on the weighted messages
     :math:`A'_{ij} F_j`.
@@ -171,6 +327,14 @@ class PNAAttention(GraphAttentionBase):
             out = self._finish(total, degree, squares, maximum)
             out = out.view(batch, heads, num_keys, -1)
             return out[:, :, num_keys - num_queries :]
+
+        if self.config.adjacency_activation == "softmax" and external is None:
+            total, squares, degree, maximum = _PNASoftmaxAggregations.apply(
+                self.scaled_query(query), key, features, mask, num_keys - num_queries,
+                min(_SOFTMAX_CHUNK, chunk_rows(batch, heads, num_keys)), need_var, need_max,
+            )
+            return self._finish(total, degree, squares if need_var else None,
+                                maximum if need_max else None)
 
         # sum, squares and degree from one matmul: A' [F, F^2, 1]
         ones = features.new_ones(features.shape[:-1] + (1,))
