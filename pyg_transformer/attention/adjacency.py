@@ -20,14 +20,13 @@ Scores are only ever materialised ``chunk`` query rows at a time.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyg_transformer.graph import AttentionGraph
-from pyg_transformer.graph import scoring
+from pyg_transformer.graph import AttentionGraph, scoring
 from pyg_transformer.graph.scoring import causal_valid_mask
 from pyg_transformer.options import ADJACENCY_ACTIVATIONS
 

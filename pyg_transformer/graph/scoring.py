@@ -23,7 +23,7 @@ built from :func:`masked_softmax`, :func:`reduce_heads`, :func:`sharpen` and
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -75,7 +75,7 @@ SMALL_BLOCK = 1 << 16
 
 
 def masked_softmax(scores: Tensor, valid: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """:math:`\operatorname{softmax}_j` of float32 ``scores [B, H, rows, K]`` over the
+    r""":math:`\operatorname{softmax}_j` of float32 ``scores [B, H, rows, K]`` over the
     ``valid [B, rows, K]`` keys (``None``: all), cast to ``dtype``. Without autograd,
     ``scores`` is overwritten."""
     if torch.is_grad_enabled():

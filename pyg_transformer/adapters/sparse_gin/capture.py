@@ -18,7 +18,7 @@ implementation string itself, which the model config carries.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface

@@ -14,7 +14,12 @@ from torch import Tensor, nn
 from torch_geometric.nn import PNAConv
 
 from pyg_transformer.compat import attn_implementation
-from pyg_transformer.graph import AttentionGraph, DecodeRow, decode_row_graph, qk_to_graph
+from pyg_transformer.graph import (
+    AttentionGraph,
+    DecodeRow,
+    decode_row_graph,
+    qk_to_graph,
+)
 from pyg_transformer.nn import WeightedGINConv, causal_degree_histogram
 
 PNA_AGGREGATORS = ["mean", "min", "max", "std"]
@@ -546,7 +551,7 @@ class SparseGinLayer(nn.Module, BaseTunerLayer):
 
     def _gnn_output(self, adapter: str, x: Tensor, graph: AttentionGraph | DecodeRow,
                     cache) -> Tensor:
-        """:math:`\operatorname{RMSNorm}(\operatorname{GNN}(x, A'))` of ``adapter`` (before
+        r""":math:`\operatorname{RMSNorm}(\operatorname{GNN}(x, A'))` of ``adapter`` (before
         :math:`\lambda`), reading and updating its node features on ``cache``."""
         gnn = self.sparse_gin_gnn[adapter]
         B, Tq = x.size(0), x.size(1)
