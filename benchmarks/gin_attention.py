@@ -25,7 +25,8 @@ Targets at T=1024 (step time / standard step, issue 12 item 4): GIN softmax <= 1
 GIN top-k <= 1.5, GIN threshold <= 1.5, PNA softmax <= 2.5; and (issue 3) GIN softmax
 peak memory growing <= 2.5x from T=1024 to T=2048.
 
-Where the time goes (torch.profiler, one train step, T=1024, 1 thread):
+Where the time goes (``--profile --seq-lens 1024``: torch.profiler, one train step,
+T=1024, 1 thread):
 
 * standard: ``mm`` (projections, MLP, LM head) ~60 %, SDPA flash forward+backward ~30 %.
 * GIN top-k (PyG): the same ``mm`` plus, per layer, the scores ``QK^T`` in query
@@ -57,7 +58,8 @@ Where the time goes (torch.profiler, one train step, T=1024, 1 thread):
   O(T^2 d) matmuls, ~1.4x the matmul work of standard attention (value width 2d).
 
 Usage: ``python benchmarks/gin_attention.py [--seq-lens 256 1024 2048] [--repeats 3]``
-(prints a table and writes ``benchmarks/results/gin_attention.json``).
+(prints a table and writes ``benchmarks/results/gin_attention.json``); ``--profile``
+prints the profiler tables instead.
 """
 
 from __future__ import annotations
@@ -166,6 +168,20 @@ def _run(args: list[str], threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _profile(names: list[str], seq_len: int, threads: int) -> None:
+    import torch
+    from torch.profiler import profile
+
+    torch.set_num_threads(threads)
+    for name in names:
+        step = _build(name, seq_len)[2]
+        step()  # warm-up
+        with profile() as prof:
+            step()
+        print(f"--- {name}, T={seq_len}")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[256, 1024, 2048])
@@ -174,7 +190,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" /
                                                   "gin_attention.json"))
+    parser.add_argument("--profile", action="store_true",
+                        help="print a torch.profiler table (self CPU time) of one train step "
+                             "of each --models model at the first --seq-lens, measure nothing")
     args = parser.parse_args()
+    if args.profile:
+        _profile(args.models, args.seq_lens[0], args.threads)
+        return
 
     rows = []
     for seq_len in args.seq_lens:
