@@ -29,8 +29,9 @@ def test_chunks_equal_the_full_scores(causal_keys, chunk_size, masks):
     padding = visible = None
     if masks in ("left", "right"):
         padding = torch.ones(B, Tk, dtype=torch.bool)
-        padding[1, :3] = False if masks == "left" else True
-        if masks == "right":
+        if masks == "left":
+            padding[1, :3] = False
+        else:
             padding[1, -2:] = False
     if masks == "window":
         keys, rows = torch.arange(Tk), torch.arange(offset, Tk)
