@@ -69,27 +69,15 @@ def grouped_scores(query: Tensor, key: Tensor, scale: float | Tensor | None = No
     return scores.view(batch, heads, rows, num_keys)
 
 
-#: blocks of at most this many scores take one fused softmax; larger ones without
-#: autograd are normalised in place (no second buffer of the block's size)
-SMALL_BLOCK = 1 << 16
-
-
 def masked_softmax(scores: Tensor, valid: Tensor | None, dtype: torch.dtype) -> Tensor:
     r""":math:`\operatorname{softmax}_j` of float32 ``scores [B, H, rows, K]`` over the
-    ``valid [B, rows, K]`` keys (``None``: all), cast to ``dtype``. Without autograd,
-    ``scores`` is overwritten."""
-    if torch.is_grad_enabled():
-        if valid is not None:
-            scores = scores.masked_fill(~valid[:, None], MASKED_SCORE)
-        probs = scores.softmax(dim=-1)
-    else:
-        if valid is not None:
-            scores = scores.masked_fill_(~valid[:, None], MASKED_SCORE)
-        if scores.numel() <= SMALL_BLOCK:
-            probs = scores.softmax(dim=-1)
-        else:  # in place: one [B, H, rows, K] buffer
-            probs = scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
-            probs = probs.div_(probs.sum(dim=-1, keepdim=True))
+    ``valid [B, rows, K]`` keys (``None``: all), cast to ``dtype``. Without autograd the
+    mask is applied to ``scores`` in place."""
+    if valid is not None:
+        fill = ~valid[:, None]
+        scores = (scores.masked_fill_(fill, MASKED_SCORE) if not torch.is_grad_enabled()
+                  else scores.masked_fill(fill, MASKED_SCORE))
+    probs = scores.softmax(dim=-1)
     return probs if probs.dtype == dtype else probs.to(dtype)
 
 
