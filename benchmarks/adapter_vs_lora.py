@@ -22,13 +22,13 @@ generation >= 0.90x the base model's tokens/s.
 Where the time goes (``--profile``: ``torch.profiler``, self CPU time, 2026-12-01):
 
 * train step, T=1024, B=1 (~11 s): the base model's own matrix products (``aten::mm``,
-  56%) and attention (SDPA forward and backward, 21%) dominate both methods; the
-  adapter adds the second computation of each layer's probabilities (``baddbmm`` 2.8%,
-  ``masked_fill_`` 1.5%, the in-place softmax's ``exp_`` 4.7%, in chunks of 256 query
-  rows against their causal keys) and a GIN over the kept edges (~1%). The floor is the
-  probabilities themselves: the adapter must see each layer's attention, which SDPA
-  does not return, and every entry needs its ``exp`` for the row's normaliser. LoRA
-  adds four rank-64 products per layer (inside ``aten::mm``).
+  56%) and attention (SDPA forward and backward, 22%) dominate both methods; the
+  adapter adds the second computation of each layer's probabilities (``baddbmm`` 2.5%,
+  ``masked_fill_`` 1.4%, ``softmax`` 1.3%, in chunks of 256 query rows against their
+  causal keys; an in-place ``exp_`` softmax took 4.7% before it was replaced) and a
+  GIN over the kept edges (~1%). The floor is the probabilities themselves: the adapter
+  must see each layer's attention, which SDPA does not return. LoRA adds four rank-64
+  products per layer (inside ``aten::mm``).
 * generation, batch 1, 32 new tokens: the base model's matrix-vector products
   (``aten::mm``, 71%); the adapter's five small linear maps per layer (``aten::addmm``,
   6.2%, ~4 ms per token: memory-bound, the adapter's 7.4M weights are read once per
