@@ -248,6 +248,32 @@ def _grouped(x: Tensor, heads_kv: int) -> Tensor:
     return x.reshape(b, heads_kv, (h // heads_kv) * rows, n)
 
 
+def _recomputed_probs(scores: Tensor, valid: Tensor, lse: Tensor, start: int) -> Tensor:
+    r""":math:`P = \exp(S - \ell)` of a block of rows from its scores and the saved row
+    log-sum-exp ``lse [B, H, Tq]`` (0 off ``valid``), in place on ``scores``."""
+    rows = scores.size(2)
+    return scores.masked_fill_(~valid, -math.inf).sub_(lse[:, :, start:start + rows, None]).exp_()
+
+
+def _add_score_grads(grad_scores: Tensor, query: Tensor, key: Tensor, start: int,
+                    grad_query: Tensor, grad_key: Tensor) -> None:
+    r"""Back-propagate :math:`\partial S` of a block of rows ``start ..`` (``[B, H, rows,
+    K]``, scores :math:`S = Q K^\top` with grouped-query keys) into ``grad_query``
+    (:math:`\partial S\, K`) and ``grad_key`` (:math:`\partial S^\top Q`, accumulated over
+    the heads of each key head)."""
+    batch, heads, rows, width = grad_scores.shape
+    heads_kv = key.size(1)
+    stop = start + rows
+    grad_query[:, :, start:stop] = torch.matmul(
+        grad_scores.reshape(batch, heads_kv, heads // heads_kv, rows, width),
+        key[:, :, :width].unsqueeze(2),
+    ).reshape(batch, heads, rows, -1)
+    grad_key[:, :, :width] += torch.matmul(
+        _grouped(grad_scores, heads_kv).transpose(-1, -2),
+        _grouped(query[:, :, start:stop], heads_kv),
+    )
+
+
 class _SparseSoftmaxEdges(torch.autograd.Function):
     r"""Edges and weights of a sparse softmax adjacency (``top_k``, ``relu_threshold``)
     without keeping or re-selecting any ``[B, H, chunk, Tk]`` block for the backward.
@@ -327,7 +353,6 @@ class _SparseSoftmaxEdges(torch.autograd.Function):
     def backward(ctx, grad_weight, _):
         query, key, lse, b, h, i, j, prob = ctx.saved_tensors
         batch, heads, num_queries, _ = query.shape
-        heads_kv = key.size(1)
         if ctx.order is not None:  # back to the chunk-major order of the saved edges
             grad = torch.empty_like(grad_weight)
             grad[ctx.order] = grad_weight
@@ -344,19 +369,11 @@ class _SparseSoftmaxEdges(torch.autograd.Function):
         def grad_block(scores: Tensor, valid: Tensor, start: int):
             rows, width = scores.size(2), scores.size(3)
             stop = start + rows
-            ds = scores.masked_fill_(~valid, -math.inf).sub_(lse[:, :, start:stop, None])
-            ds = ds.exp_().mul_(-c[:, :, start:stop])
+            ds = _recomputed_probs(scores, valid, lse, start).mul_(-c[:, :, start:stop])
             sel = (chunk_of_edge == start // ctx.chunk).nonzero().squeeze(1)
             flat = ((b[sel] * heads + h[sel]) * rows + i[sel] - start) * width + j[sel]
             ds.view(-1).index_add_(0, flat, gp[sel])
-            q_chunk = query[:, :, start:stop]
-            grad_query[:, :, start:stop] = torch.matmul(
-                ds.reshape(batch, heads_kv, heads // heads_kv, rows, width),
-                key[:, :, :width].unsqueeze(2),
-            ).reshape(batch, heads, rows, -1)
-            grad_key[:, :, :width] += torch.matmul(
-                _grouped(ds, heads_kv).transpose(-1, -2), _grouped(q_chunk, heads_kv)
-            )
+            _add_score_grads(ds, query, key, start, grad_query, grad_key)
 
         with torch.no_grad():
             map_score_chunks(

@@ -14,7 +14,8 @@ from torch.autograd.function import once_differentiable
 from torch_geometric.nn.aggr import MaxAggregation, SumAggregation
 
 from pyg_transformer.attention.adjacency import (
-    _grouped,
+    _add_score_grads,
+    _recomputed_probs,
     chunk_rows,
     map_query_chunks,
     map_score_chunks,
@@ -182,8 +183,6 @@ class _PNASoftmaxAggregations(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_total, grad_squares, _, grad_max):
         query, key, features, lse, index, total, squares, maximum = ctx.saved_tensors
-        batch, heads, _, _ = query.shape
-        heads_kv = key.size(1)
         need_var, need_max = ctx.need_var, ctx.need_max
         # c_i = sum_j P_ij dP_ij = sum_k g_ik out_ik
         c = (grad_total * total).sum(-1, keepdim=True)
@@ -204,8 +203,7 @@ class _PNASoftmaxAggregations(torch.autograd.Function):
         def grad_block(scores: Tensor, valid: Tensor, start: int):
             rows, width = scores.size(2), scores.size(3)
             stop = start + rows
-            probs = scores.masked_fill_(~valid, -math.inf).sub_(lse[:, :, start:stop, None])
-            probs = probs.exp_()
+            probs = _recomputed_probs(scores, valid, lse, start)
             g = grads[:, :, start:stop]
             dp = torch.matmul(g, values_of[:, :, :width].transpose(-1, -2))
             grad_values[:, :, :width] += torch.matmul(probs.transpose(-1, -2), g)
@@ -216,14 +214,7 @@ class _PNASoftmaxAggregations(torch.autograd.Function):
                     2, idx, grad_max[:, :, start:stop] * probs.gather(-1, idx)
                 )
             ds = dp.sub_(c[:, :, start:stop]).mul_(probs)
-            grad_query[:, :, start:stop] = torch.matmul(
-                ds.view(batch, heads_kv, heads // heads_kv, rows, width),
-                key[:, :, :width].unsqueeze(2),
-            ).view(batch, heads, rows, -1)
-            grad_key[:, :, :width] += torch.matmul(
-                _grouped(ds, heads_kv).transpose(-1, -2),
-                _grouped(query[:, :, start:stop], heads_kv),
-            )
+            _add_score_grads(ds, query, key, start, grad_query, grad_key)
 
         map_score_chunks(
             grad_block, query, key, attention_mask=ctx.mask, query_offset=ctx.offset,

@@ -257,9 +257,8 @@ def decode_row_graph(query: Tensor, key: Tensor, *, scaling: float,
     options = dict(clamp=clamp, sharpen_alpha=sharpen_alpha, sharpen_tau=sharpen_tau,
                    threshold=threshold, top_k=top_k)
     with torch.no_grad():
-        valid = None if padding is None else (padding & padding[:, -1:])[:, None]
 
-        def row(scores: Tensor, _valid, _start):
+        def row(scores: Tensor, valid: Tensor | None, _start: int):
             reduced = reduce_heads(masked_softmax(scores, valid, query.dtype), head_reduction)
             if top_k is not None:
                 position = torch.full((1,), num_keys - 1, device=query.device)
@@ -267,7 +266,7 @@ def decode_row_graph(query: Tensor, key: Tensor, *, scaling: float,
             values = sharpen(reduced, clamp, sharpen_alpha, sharpen_tau, inplace=True)
             return DecodeRow(zero_dropped(values, valid, threshold)[:, 0])
 
-        (result,) = map_score_chunks(row, query, key, scaling=scaling,
+        (result,) = map_score_chunks(row, query, key, scaling=scaling, padding=padding,
                                      query_offset=num_keys - 1, chunk_size=1)
     if isinstance(result, DecodeRow):
         return result
