@@ -28,6 +28,12 @@ def check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
+def check_positive_finite(name: str, value) -> None:
+    """Raise ``ValueError`` unless ``value`` is a real number in ``(0, inf)``."""
+    if not is_positive_finite(value):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
 def check_graph_options(
     *,
     head_reduction: str = "sum",
@@ -103,8 +109,7 @@ def check_query_key(query, key) -> None:
 
 
 def check_scaling(scaling) -> None:
-    if not is_positive_finite(scaling):
-        raise ValueError(f"scaling must be a positive finite number, got {scaling!r}")
+    check_positive_finite("scaling", scaling)
 
 
 def check_padding_mask(attention_mask, batch_size: int, num_keys: int) -> Tensor | None:
@@ -188,5 +193,4 @@ def check_finite(name: str, tensor: Tensor, where: Tensor | None = None,
 
 
 def check_chunk_size(chunk_size) -> None:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    check_positive_int("chunk_size", chunk_size)

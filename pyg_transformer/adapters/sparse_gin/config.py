@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from peft import PeftConfig, TaskType
 
 from pyg_transformer.compat import sparse_gin_peft_type
+from pyg_transformer.graph.validation import (
+    check_positive_finite,
+    check_positive_int,
+    is_number,
+)
 from pyg_transformer.options import (
     GNN_TYPES,
     HEAD_REDUCTIONS,
@@ -22,10 +26,6 @@ from pyg_transformer.options import (
 #: :func:`~pyg_transformer.adapters.sparse_gin.registration.register_sparse_gin` (run when
 #: the package is imported) sets them.
 PARAMETER_COUNTERS: dict[str, Callable] = {}
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _is_int(value) -> bool:
@@ -113,27 +113,24 @@ class SparseGinConfig(PeftConfig):
         Raises:
             ValueError: naming the offending field and value.
         """
-        if not _is_int(self.hidden_dim) or self.hidden_dim < 1:
-            raise ValueError(f"hidden_dim must be an int >= 1, got {self.hidden_dim!r}")
-        if not _is_int(self.num_gnn_layers) or self.num_gnn_layers < 1:
-            raise ValueError(f"num_gnn_layers must be an int >= 1, got {self.num_gnn_layers!r}")
+        check_positive_int("hidden_dim", self.hidden_dim)
+        check_positive_int("num_gnn_layers", self.num_gnn_layers)
         if self.gnn_type not in GNN_TYPES:
             raise ValueError(f"gnn_type must be one of {GNN_TYPES}, got {self.gnn_type!r}")
         if self.head_reduction not in HEAD_REDUCTIONS:
             raise ValueError(
                 f"head_reduction must be one of {HEAD_REDUCTIONS}, got {self.head_reduction!r}"
             )
-        if not _is_number(self.alpha) or not 0 < self.alpha < float("inf"):
-            raise ValueError(f"alpha must be a positive finite number, got {self.alpha!r}")
-        if not _is_number(self.tau) or self.tau != self.tau or abs(self.tau) == float("inf"):
+        check_positive_finite("alpha", self.alpha)
+        if not is_number(self.tau) or self.tau != self.tau or abs(self.tau) == float("inf"):
             raise ValueError(f"tau must be a finite number, got {self.tau!r}")
-        if not _is_number(self.epsilon) or not 0 <= self.epsilon < 1:
+        if not is_number(self.epsilon) or not 0 <= self.epsilon < 1:
             raise ValueError(f"epsilon must be a number in [0, 1), got {self.epsilon!r}")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
             raise ValueError(f"top_k must be an int >= 1 or None, got {self.top_k!r}")
         if self.scale_init not in SCALE_INITS:
             raise ValueError(f"scale_init must be one of {SCALE_INITS}, got {self.scale_init!r}")
-        if not _is_number(self.scale_max) or not abs(self.scale_max) < float("inf"):
+        if not is_number(self.scale_max) or not abs(self.scale_max) < float("inf"):
             raise ValueError(f"scale_max must be a finite number, got {self.scale_max!r}")
         if not isinstance(self.trainable_scale, bool):
             raise ValueError(f"trainable_scale must be a bool, got {self.trainable_scale!r}")
@@ -150,9 +147,8 @@ class SparseGinConfig(PeftConfig):
             raise ValueError(f"cross_token_edges must be a bool, got {self.cross_token_edges!r}")
         if not isinstance(self.detach_adjacency, bool):
             raise ValueError(f"detach_adjacency must be a bool, got {self.detach_adjacency!r}")
-        if not _is_int(self.chunk_size) or self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be an int >= 1, got {self.chunk_size!r}")
-        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+        check_positive_int("chunk_size", self.chunk_size)
+        if not is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
 
     @classmethod

@@ -3,37 +3,27 @@
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
 from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import LlamaConfig
 from transformers.activations import ACT2FN
 
-from pyg_transformer.options import GRAPH_DEFAULTS
 from pyg_transformer.attention.adjacency import (
     ADJACENCY_ACTIVATIONS,
     SPARSE_ACTIVATIONS,
     TAU_ACTIVATIONS,
 )
+from pyg_transformer.graph.validation import (
+    check_positive_finite,
+    check_positive_int,
+    is_number,
+)
+from pyg_transformer.options import GRAPH_DEFAULTS
 
 ATTENTION_TYPES = ("standard", "gin", "pna")
 PNA_AGGREGATORS = ("sum", "mean", "max", "var")
 GRAPH_BACKENDS = ("auto", "dense", "pyg")
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
-def _check_positive_finite(name: str, value) -> None:
-    if not _is_real(value) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
 class GraphLlamaConfig(LlamaConfig):
@@ -119,7 +109,7 @@ class GraphLlamaConfig(LlamaConfig):
         # before PreTrainedConfig.__post_init__, which drops generation keys such as top_k
         self._take_legacy_top_k(kwargs)
         # LlamaConfig.__post_init__ divides hidden_size by num_attention_heads
-        _check_positive_int("num_attention_heads", self.num_attention_heads)
+        check_positive_int("num_attention_heads", self.num_attention_heads)
         super().__post_init__(**kwargs)
         if isinstance(self.pna_aggregators, tuple):
             self.pna_aggregators = list(self.pna_aggregators)
@@ -174,15 +164,15 @@ class GraphLlamaConfig(LlamaConfig):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "head_dim",
                      "max_position_embeddings"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         self.validate_architecture()  # LlamaConfig: hidden_size % num_attention_heads
         for name in ("rms_norm_eps", "initializer_range"):
-            _check_positive_finite(name, getattr(self, name))
+            check_positive_finite(name, getattr(self, name))
         rope = self.rope_parameters
         if isinstance(rope, dict) and "rope_theta" in rope:
-            _check_positive_finite("rope_theta", rope["rope_theta"])
+            check_positive_finite("rope_theta", rope["rope_theta"])
         dropout = self.attention_dropout
-        if dropout is not None and (not _is_real(dropout) or not 0 <= dropout < 1):
+        if dropout is not None and (not is_number(dropout) or not 0 <= dropout < 1):
             raise ValueError(f"attention_dropout must be None or in [0, 1), got {dropout!r}")
         if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
             raise ValueError(
@@ -215,10 +205,10 @@ class GraphLlamaConfig(LlamaConfig):
                     f"slice of the hidden state), got {self.head_dim!r}"
                 )
         for name in ("sharpening_init", "adjacency_beta"):
-            _check_positive_finite(name, getattr(self, name))
+            check_positive_finite(name, getattr(self, name))
         for name in ("adjacency_tau", "gin_eps_init"):
             value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value):
+            if not is_number(value) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.adjacency_tau_trainable and self.adjacency_activation not in TAU_ACTIVATIONS:
             raise ValueError(
@@ -240,7 +230,7 @@ class GraphLlamaConfig(LlamaConfig):
                 f"{self.adjacency_activation!r}); got adjacency_top_k={self.adjacency_top_k!r}"
             )
         gamma = self.gin_mlp_multiplier
-        if not _is_real(gamma) or not 0 < gamma < math.inf:
+        if not is_number(gamma) or not 0 < gamma < math.inf:
             raise ValueError(f"gin_mlp_multiplier must be a positive number, got {gamma!r}")
         if self.attention_type != "standard" and self.gin_mlp_hidden_size < 1:
             raise ValueError(
